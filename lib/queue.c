@@ -1,0 +1,523 @@
+/* The queue: any thread enqueues, the loop thread drains.
+ *
+ *   producers (any thread)                      loop thread
+ *   ----------------------                      -----------
+ *   state += ONE  (one atomic add: closed?      async_cb: pop up to `batch`
+ *                  capacity? count, wake?)        events from head_, deliver,
+ *   if the loop sleeps: uv_async_send            publish removed_; then sleep
+ *   tail_ = xchg(tail_, ev); prev->next_ = ev    (set ASLEEP) or re-arm.
+ *
+ * The list is Dmitry Vyukov's intrusive MPSC queue: the link lives in the
+ * event, a push is one exchange plus one store, a pop touches only the
+ * consumer's end. A stub node inside the queue lets the last event leave.
+ *
+ * One 64-bit state word carries, for the cost of a single atomic add per
+ * enqueue, everything a producer must agree on with the others and with the
+ * loop:
+ *   bits 2..63  accepted: how many enqueues took effect (FIFO tickets);
+ *   bit 1       ASLEEP: the loop drained everything and waits for a wakeup;
+ *   bit 0       CLOSED: stop was requested; an add that sees it is refused.
+ * Because the loop knows how many events were accepted, it can tell "empty"
+ * (accepted == removed) from "a producer is between its add and its link"
+ * (accepted > removed, nothing visible). In the second case it must not
+ * sleep: that producer will not wake it. It re-arms itself instead; the
+ * window is a few instructions unless the producer is preempted.
+ *
+ * Invariants:
+ *   - removed_ <= accepted; depth = accepted - removed_.
+ *   - Exactly one producer clears ASLEEP (the one whose atomic op saw it)
+ *     and sends; it sends before it links, so that the link is its last
+ *     touch of the queue: once the loop has seen every accepted event and
+ *     no thread is inside a slow path (inside_ == 0), nothing can touch the
+ *     queue any more and it may close.
+ *   - After stop, stop_count_ is the number of accepted events; the close
+ *     begins only when removed_ == stop_count_ and inside_ == 0.
+ *
+ * Bounded queues replace the add by a compare-and-swap loop that also checks
+ * the capacity (lock-free: a preempted producer holds nobody up). Producers
+ * that must wait sleep on a condition variable; the loop broadcasts after it
+ * frees space, once per pass, and only when someone waits. UVQ_DROP_OLDEST
+ * must take events from the consumer's end, so in that mode both sides take
+ * the mutex around list operations.
+ */
+#include <limits.h>
+#include <string.h>
+
+#include "internal.h"
+
+#define UVQ__FLAG_LOCKED 1 /* UVQ_DROP_OLDEST: list ops under lock_ */
+
+static void uvq__async_cb(uv_async_t* handle);
+
+/* -- the list ------------------------------------------------------------ */
+
+static inline void uvq__push(uvq_queue_t* q, uvq_event_t* ev) {
+  uvq_event_t* prev;
+  UVQ__STORE(&ev->next_, NULL, relaxed);
+  prev = atomic_exchange_explicit(&q->tail_, ev, memory_order_acq_rel);
+  UVQ__STORE(&prev->next_, ev, release);
+}
+
+/* Pop the oldest linked event, or NULL when none is visible (empty, or the
+ * next producer has not linked yet). Consumer only (or under lock_). */
+static uvq_event_t* uvq__pop(uvq_queue_t* q) {
+  uvq_event_t* head = q->head_;
+  uvq_event_t* next = UVQ__LOAD(&head->next_, acquire);
+  uvq_event_t* tail;
+
+  if (head == &q->stub_) {
+    if (next == NULL)
+      return NULL;
+    q->head_ = next;
+    head = next;
+    next = UVQ__LOAD(&next->next_, acquire);
+  }
+  if (next != NULL) {
+    q->head_ = next;
+    return head;
+  }
+  tail = UVQ__LOAD(&q->tail_, acquire);
+  if (tail != head)
+    return NULL; /* a producer swapped the tail but has not linked yet */
+  uvq__push(q, &q->stub_);
+  next = UVQ__LOAD(&head->next_, acquire);
+  if (next != NULL) {
+    q->head_ = next;
+    return head;
+  }
+  return NULL;
+}
+
+/* -- producers ----------------------------------------------------------- */
+
+/* Wake the loop if the state word we replaced said it sleeps. Called before
+ * the link (see the invariants above). */
+static inline void uvq__wake(uvq_queue_t* q, uint64_t old) {
+  if (UVQ__UNLIKELY(old & UVQ__ASLEEP)) {
+    old = atomic_fetch_and(&q->state_, ~UVQ__ASLEEP);
+    if (old & UVQ__ASLEEP) {
+      atomic_fetch_add_explicit(&q->wakeups_, 1, memory_order_relaxed);
+      uv_async_send(&q->async_);
+    }
+  }
+}
+
+static inline void uvq__release(uvq_queue_t* q, uvq_event_t* ev) {
+  if (q->release_ != NULL)
+    q->release_(q, ev);
+  else
+    uvq_event_unref(ev);
+}
+
+/* One attempt to take a ticket on a bounded queue: 0 when taken (*old is
+ * the state before), UVQ_EFULL or UVQ_ECLOSED otherwise. */
+static inline int uvq__bounded_ticket(uvq_queue_t* q, uint64_t* old) {
+  for (;;) {
+    /* removed_ first: it only grows and never passes the count, so a count
+     * read after it gives a depth that is never too small (no false room)
+     * and never wraps below zero (no false "full" that would wait forever). */
+    uint64_t removed = atomic_load(&q->removed_);
+    uint64_t s = atomic_load(&q->state_);
+    if (s & UVQ__CLOSED)
+      return UVQ_ECLOSED;
+    if (UVQ__COUNT(s) - removed >= q->capacity_)
+      return UVQ_EFULL;
+    if (atomic_compare_exchange_weak(&q->state_, &s, s + UVQ__ONE)) {
+      *old = s;
+      return 0;
+    }
+  }
+}
+
+/* Slow paths announce themselves in inside_ so that the loop neither closes
+ * the queue nor destroys its mutex while they run. 0: the close has begun,
+ * stay out. The loop publishes CLOSING before it reads inside_, we publish
+ * inside_ before we read the phase: one of the two sees the other. */
+static inline int uvq__enter(uvq_queue_t* q) {
+  atomic_fetch_add(&q->inside_, 1);
+  if (atomic_load(&q->phase_) == UVQ__RUNNING)
+    return 1;
+  atomic_fetch_sub(&q->inside_, 1);
+  return 0;
+}
+
+static inline void uvq__leave(uvq_queue_t* q) {
+  atomic_fetch_sub(&q->inside_, 1);
+}
+
+/* UVQ_DROP_OLDEST: everything under the lock, the victim released after. */
+static int uvq__enqueue_locked(uvq_queue_t* q, uvq_event_t* ev) {
+  uvq_event_t* victim = NULL;
+  uint64_t s;
+
+  if (!uvq__enter(q))
+    return UVQ_ECLOSED;
+  uv_mutex_lock(&q->lock_);
+  s = atomic_load(&q->state_);
+  if (s & UVQ__CLOSED) {
+    uv_mutex_unlock(&q->lock_);
+    uvq__leave(q);
+    return UVQ_ECLOSED;
+  }
+  if (UVQ__COUNT(s) - atomic_load(&q->removed_) >= q->capacity_) {
+    victim = uvq__pop(q); /* under the lock nobody is half-linked */
+    if (victim != NULL) {
+      atomic_fetch_add(&q->removed_, 1);
+      atomic_fetch_add(&q->dropped_oldest_, 1);
+    }
+  }
+  s = atomic_fetch_add(&q->state_, UVQ__ONE);
+  uvq__wake(q, s);
+  uvq__push(q, ev);
+  uv_mutex_unlock(&q->lock_);
+  if (victim != NULL)
+    uvq__release(q, victim);
+  uvq__leave(q);
+  return 0;
+}
+
+/* The queue is full: drop ev (UVQ_DROP_NEW), fail, or wait for room until
+ * deadline (an absolute uv_hrtime; 0: wait forever). */
+static int uvq__full(uvq_queue_t* q, uvq_event_t* ev, int may_wait,
+                     uint64_t deadline) {
+  uint64_t old;
+  int r;
+
+  if (q->overflow_ == UVQ_FAIL || (q->overflow_ == UVQ_BLOCK && !may_wait))
+    return UVQ_EFULL;
+
+  /* Announce ourselves before looking again: the loop reads inside_ after it
+   * frees space (wakeup) and before it closes (lifetime). */
+  if (!uvq__enter(q))
+    return UVQ_ECLOSED;
+
+  if (q->overflow_ == UVQ_DROP_NEW) {
+    r = uvq__bounded_ticket(q, &old);
+    if (r == UVQ_EFULL) {
+      atomic_fetch_add_explicit(&q->dropped_new_, 1, memory_order_relaxed);
+      uvq__release(q, ev);
+      r = 0;
+    } else if (r == 0) {
+      uvq__wake(q, old);
+      uvq__push(q, ev);
+    }
+    uvq__leave(q);
+    return r;
+  }
+
+  uv_mutex_lock(&q->lock_);
+  for (;;) {
+    r = uvq__bounded_ticket(q, &old);
+    if (r != UVQ_EFULL)
+      break;
+    if (deadline == 0) {
+      uv_cond_wait(&q->cond_, &q->lock_);
+    } else {
+      uint64_t now = uv_hrtime();
+      if (now >= deadline) {
+        r = UVQ_ETIMEDOUT;
+        break;
+      }
+      (void) uv_cond_timedwait(&q->cond_, &q->lock_, deadline - now);
+    }
+  }
+  uv_mutex_unlock(&q->lock_);
+  if (r == 0) {
+    uvq__wake(q, old);
+    uvq__push(q, ev);
+  }
+  uvq__leave(q);
+  return r;
+}
+
+static inline int uvq__enqueue(uvq_queue_t* q, uvq_event_t* ev, int may_wait,
+                               uint64_t deadline) {
+  uint64_t old;
+  int r;
+
+  if (q->capacity_ == 0) {
+    old = atomic_fetch_add(&q->state_, UVQ__ONE);
+    if (UVQ__UNLIKELY(old & UVQ__CLOSED))
+      return UVQ_ECLOSED;
+    uvq__wake(q, old);
+    uvq__push(q, ev);
+    return 0;
+  }
+  if (UVQ__UNLIKELY(q->flags_ & UVQ__FLAG_LOCKED))
+    return uvq__enqueue_locked(q, ev);
+  r = uvq__bounded_ticket(q, &old);
+  if (UVQ__UNLIKELY(r == UVQ_EFULL))
+    return uvq__full(q, ev, may_wait, deadline);
+  if (r != 0)
+    return r;
+  uvq__wake(q, old);
+  uvq__push(q, ev);
+  return 0;
+}
+
+/* Blocking variants on the loop thread would wait for themselves. */
+static inline int uvq__may_block(const uvq_queue_t* q) {
+  return q->capacity_ != 0 && q->overflow_ == UVQ_BLOCK;
+}
+
+int uvq_queue_enqueue(uvq_queue_t* q, uvq_event_t* ev) {
+  if (UVQ__UNLIKELY(q == NULL || ev == NULL))
+    return UVQ_EINVAL;
+  if (uvq__may_block(q) && uvq__on_thread(q->loop_thread_))
+    return UVQ_EDEADLK;
+  return uvq__enqueue(q, ev, 1, 0);
+}
+
+int uvq_queue_try_enqueue(uvq_queue_t* q, uvq_event_t* ev) {
+  if (UVQ__UNLIKELY(q == NULL || ev == NULL))
+    return UVQ_EINVAL;
+  return uvq__enqueue(q, ev, 0, 0);
+}
+
+int uvq_queue_enqueue_timeout(uvq_queue_t* q, uvq_event_t* ev,
+                              int64_t timeout_ms) {
+  uint64_t deadline;
+  if (q == NULL || ev == NULL || timeout_ms < 0)
+    return UVQ_EINVAL;
+  if (timeout_ms == 0)
+    return uvq__enqueue(q, ev, 0, 0);
+  if (uvq__may_block(q) && uvq__on_thread(q->loop_thread_))
+    return UVQ_EDEADLK;
+  if ((uint64_t) timeout_ms > (UINT64_MAX - uv_hrtime()) / 1000000)
+    deadline = 0; /* beyond the end of time: wait forever */
+  else
+    deadline = uv_hrtime() + (uint64_t) timeout_ms * 1000000;
+  return uvq__enqueue(q, ev, 1, deadline);
+}
+
+/* -- stop ----------------------------------------------------------------- */
+
+int uvq_queue_stop(uvq_queue_t* q, uvq_stop_mode_t mode,
+                   uvq_queue_close_cb cb) {
+  uint64_t s;
+  int bits;
+
+  if (q == NULL || (mode != UVQ_STOP_DRAIN && mode != UVQ_STOP_DISCARD))
+    return UVQ_EINVAL;
+  bits = UVQ__STOP_REQUESTED | (mode == UVQ_STOP_DISCARD ? UVQ__STOP_DISCARD
+                                                         : 0);
+  if (!uvq__enter(q)) /* the loop must not close under us */
+    return 0;         /* a later stop while closing: nothing left to do */
+  s = atomic_fetch_or(&q->state_, UVQ__CLOSED);
+  if (!(s & UVQ__CLOSED)) {
+    q->close_cb_ = cb; /* published by the release store below */
+    atomic_fetch_or(&q->stop_mode_, bits);
+    UVQ__STORE(&q->stop_count_, UVQ__COUNT(s), release);
+  } else {
+    atomic_fetch_or(&q->stop_mode_, bits);
+  }
+  /* Producers waiting for room must learn about the stop now. */
+  uv_mutex_lock(&q->lock_);
+  uv_cond_broadcast(&q->cond_);
+  uv_mutex_unlock(&q->lock_);
+  uv_async_send(&q->async_);
+  uvq__leave(q);
+  return 0;
+}
+
+/* -- the loop side --------------------------------------------------------- */
+
+static void uvq__on_close(uv_handle_t* handle) {
+  uvq_queue_t* q = UVQ__CONTAINER_OF(handle, uvq_queue_t, async_);
+  uvq_queue_close_cb cb = q->close_cb_;
+  UVQ__STORE(&q->phase_, UVQ__CLOSED_PHASE, release);
+  uv_cond_destroy(&q->cond_);
+  uv_mutex_destroy(&q->lock_);
+  if (cb != NULL)
+    cb(q); /* last: the user may free q here */
+}
+
+static inline uvq_event_t* uvq__pop_any(uvq_queue_t* q) {
+  uvq_event_t* ev;
+  if (!(q->flags_ & UVQ__FLAG_LOCKED))
+    return uvq__pop(q);
+  uv_mutex_lock(&q->lock_);
+  ev = uvq__pop(q);
+  if (ev != NULL)
+    atomic_fetch_add(&q->removed_, 1);
+  uv_mutex_unlock(&q->lock_);
+  return ev;
+}
+
+/* Tell producers blocked for room that there may be some. */
+static void uvq__wake_waiters(uvq_queue_t* q) {
+  if (atomic_load(&q->inside_) == 0)
+    return;
+  uv_mutex_lock(&q->lock_);
+  uv_cond_broadcast(&q->cond_);
+  uv_mutex_unlock(&q->lock_);
+}
+
+static void uvq__async_cb(uv_async_t* handle) {
+  uvq_queue_t* q = UVQ__CONTAINER_OF(handle, uvq_queue_t, async_);
+  uint64_t stop_count = UVQ__LOAD(&q->stop_count_, acquire);
+  int locked = q->flags_ & UVQ__FLAG_LOCKED;
+  int bounded = q->capacity_ != 0;
+  uint64_t removed = atomic_load(&q->removed_);
+  uint64_t accepted = UVQ__COUNT(atomic_load(&q->state_));
+  uint64_t n = 0;
+  uint64_t gone = 0;
+  uint64_t s;
+
+  if (UVQ__LOAD(&q->phase_, relaxed) != UVQ__RUNNING)
+    return;
+  uvq__bump(&q->passes_, 1);
+  if (stop_count != UVQ__UNPUBLISHED)
+    accepted = stop_count;
+  if (accepted - removed > UVQ__LOAD(&q->max_depth_, relaxed))
+    UVQ__STORE(&q->max_depth_, accepted - removed, relaxed);
+
+  while (n < q->batch_) {
+    uvq_event_t* ev = uvq__pop_any(q);
+    if (ev == NULL)
+      break;
+    n++;
+    if (bounded && !locked) /* room for producers while we deliver */
+      UVQ__STORE(&q->removed_, removed + n, release);
+    /* Checked per event: a discard stop (even one made by the callback just
+     * run) must not wait for the end of the batch. */
+    if (UVQ__UNLIKELY(UVQ__LOAD(&q->stop_mode_, relaxed) & UVQ__STOP_DISCARD)) {
+      gone++;
+      uvq__release(q, ev);
+    } else {
+      q->process_(q, ev);
+    }
+  }
+  uvq__bump(&q->discarded_, gone);
+  uvq__bump(&q->delivered_, n - gone);
+  if (!locked)
+    atomic_store(&q->removed_, removed + n); /* seq_cst: pairs with inside_ */
+  if (n != 0 && bounded)
+    uvq__wake_waiters(q);
+
+  /* What next: close, sleep, or run again after the loop had its turn. */
+  removed = atomic_load(&q->removed_);
+  stop_count = UVQ__LOAD(&q->stop_count_, acquire);
+  if (stop_count != UVQ__UNPUBLISHED) {
+    if (removed == stop_count) {
+      atomic_store(&q->phase_, UVQ__CLOSING);
+      if (atomic_load(&q->inside_) == 0) {
+        uv_close((uv_handle_t*) &q->async_, uvq__on_close);
+        return;
+      }
+      atomic_store(&q->phase_, UVQ__RUNNING); /* someone is still inside */
+    }
+    uv_async_send(&q->async_);
+    return;
+  }
+  if (n < q->batch_) {
+    s = atomic_load(&q->state_);
+    while (UVQ__COUNT(s) == removed) {
+      if (s & UVQ__ASLEEP)
+        return; /* woken by a stop request or a stale send: still asleep */
+      if (atomic_compare_exchange_weak(&q->state_, &s, s | UVQ__ASLEEP))
+        return; /* the next producer wakes us */
+    }
+    /* accepted > removed: more events, or a producer between its ticket and
+     * its link, which will not wake us. Come back after the loop's turn. */
+  }
+  uv_async_send(&q->async_);
+}
+
+/* -- init, ref, stats ------------------------------------------------------ */
+
+int uvq_queue_init(uv_loop_t* loop, uvq_queue_t* q, uvq_process_cb process,
+                   const uvq_queue_options_t* opts) {
+  uvq_queue_options_t o;
+  int r;
+
+  if (loop == NULL || q == NULL || process == NULL)
+    return UVQ_EINVAL;
+  if (opts != NULL)
+    o = *opts;
+  else
+    memset(&o, 0, sizeof(o));
+  if (o.capacity > SIZE_MAX / 4 || o.batch > UVQ_MAX_BATCH ||
+      (unsigned) o.overflow > UVQ_DROP_OLDEST)
+    return UVQ_EINVAL;
+
+  memset((char*) q + sizeof(q->data), 0, sizeof(*q) - sizeof(q->data));
+  q->loop_ = loop;
+  q->loop_thread_ = uv_thread_self();
+  q->process_ = process;
+  q->release_ = o.release;
+  q->capacity_ = o.capacity;
+  q->overflow_ = o.overflow;
+  q->batch_ = o.batch != 0 ? o.batch : UVQ_DEFAULT_BATCH;
+  if (o.capacity != 0 && o.overflow == UVQ_DROP_OLDEST)
+    q->flags_ |= UVQ__FLAG_LOCKED;
+  atomic_init(&q->state_, 0);
+  atomic_init(&q->tail_, &q->stub_);
+  atomic_init(&q->stop_count_, UVQ__UNPUBLISHED);
+  atomic_init(&q->stub_.next_, NULL);
+  q->head_ = &q->stub_;
+
+  r = uv_mutex_init(&q->lock_);
+  if (r != 0)
+    return r;
+  r = uv_cond_init(&q->cond_);
+  if (r != 0) {
+    uv_mutex_destroy(&q->lock_);
+    return r;
+  }
+  r = uv_async_init(loop, &q->async_, uvq__async_cb);
+  if (r != 0) {
+    uv_cond_destroy(&q->cond_);
+    uv_mutex_destroy(&q->lock_);
+    return r;
+  }
+  /* Nothing queued yet: the first producer must wake the loop. */
+  atomic_store(&q->state_, UVQ__ASLEEP);
+  return 0;
+}
+
+static int uvq__loop_call(uvq_queue_t* q) {
+  if (q == NULL)
+    return UVQ_EINVAL;
+  if (!uvq__on_thread(q->loop_thread_))
+    return UVQ_ETHREAD;
+  if (UVQ__LOAD(&q->phase_, relaxed) != UVQ__RUNNING)
+    return UVQ_ECLOSED;
+  return 0;
+}
+
+int uvq_queue_ref(uvq_queue_t* q) {
+  int r = uvq__loop_call(q);
+  if (r == 0)
+    uv_ref((uv_handle_t*) &q->async_);
+  return r;
+}
+
+int uvq_queue_unref(uvq_queue_t* q) {
+  int r = uvq__loop_call(q);
+  if (r == 0)
+    uv_unref((uv_handle_t*) &q->async_);
+  return r;
+}
+
+int uvq_queue_stats(const uvq_queue_t* q, uvq_queue_stats_t* out) {
+  uvq_queue_t* m = (uvq_queue_t*) q; /* atomics are read-only here */
+  uint64_t accepted;
+
+  if (q == NULL || out == NULL)
+    return UVQ_EINVAL;
+  accepted = UVQ__LOAD(&m->stop_count_, acquire);
+  if (accepted == UVQ__UNPUBLISHED)
+    accepted = UVQ__COUNT(atomic_load(&m->state_));
+  out->enqueued = accepted;
+  out->delivered = UVQ__LOAD(&m->delivered_, relaxed);
+  out->dropped_new = UVQ__LOAD(&m->dropped_new_, relaxed);
+  out->dropped_oldest = UVQ__LOAD(&m->dropped_oldest_, relaxed);
+  out->discarded = UVQ__LOAD(&m->discarded_, relaxed);
+  out->failed = UVQ__LOAD(&m->failed_, relaxed);
+  out->depth = accepted - atomic_load(&m->removed_);
+  out->max_depth = UVQ__LOAD(&m->max_depth_, relaxed);
+  out->wakeups = UVQ__LOAD(&m->wakeups_, relaxed);
+  out->passes = UVQ__LOAD(&m->passes_, relaxed);
+  return 0;
+}

@@ -1,0 +1,35 @@
+/* Shared by the Check suites: each check_<component>.c exports one Suite*. */
+#ifndef UVQ_TEST_HELPERS_H
+#define UVQ_TEST_HELPERS_H
+
+#include <check.h>
+#include <stdlib.h>
+#include <uv.h>
+
+#include "uvq.h"
+
+Suite* errors_suite(void);
+Suite* queue_suite(void);
+
+/* libuv's MAKE_VALGRIND_HAPPY: close every handle left, run the loop once
+ * more so their close callbacks run, and require uv_loop_close() to succeed. */
+static inline void uvq_test_close_walk_cb(uv_handle_t* h, void* arg) {
+  (void) arg;
+  if (!uv_is_closing(h))
+    uv_close(h, NULL);
+}
+
+static inline void uvq_test_loop_done(uv_loop_t* loop) {
+  uv_walk(loop, uvq_test_close_walk_cb, NULL);
+  ck_assert_int_eq(uv_run(loop, UV_RUN_DEFAULT), 0);
+  ck_assert_int_eq(uv_loop_close(loop), 0);
+}
+
+/* Scale for stress-sized loops: STRESS_SCALE=10 runs ten times as long. */
+static inline unsigned uvq_test_scale(void) {
+  const char* s = getenv("STRESS_SCALE");
+  long v = s != NULL ? strtol(s, NULL, 10) : 1;
+  return v > 0 ? (unsigned) v : 1;
+}
+
+#endif
