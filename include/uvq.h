@@ -309,7 +309,108 @@ UVQ_EXTERN int uvq_queue_unref(uvq_queue_t* q);
  * Returns 0, or UVQ_EINVAL (NULL q or out). */
 UVQ_EXTERN int uvq_queue_stats(const uvq_queue_t* q, uvq_queue_stats_t* out);
 
-/* @@UVQ-SINKS@@ the sink API (issue 3) goes here. */
+/* ------------------------------------------------------------------------ */
+/* Sinks (loop thread only)                                                 */
+/* ------------------------------------------------------------------------ */
+
+/* Thread contract of this section and of every sink below it, once: a sink
+ * lives on the loop thread of the code that created it. Every function here
+ * is "loop thread" and every callback runs there; nothing takes a lock.
+ * uvq_sink_write and uvq_sink_close from another thread return UVQ_ETHREAD.
+ *
+ * Ownership on write: the event is borrowed. The writer keeps its reference;
+ * a sink that needs the event after write returns takes its own with
+ * uvq_event_ref() and drops it with uvq_event_unref(). This is what lets a
+ * broadcaster hand one event to many sinks without copying it: the event is
+ * released when the last holder lets go. Every event that passes through a
+ * sink must have been set up with uvq_event_init().
+ *
+ * Flow control: write returns
+ *   0            taken;
+ *   UVQ_ECLOSED  never again (terminal: the sink closed);
+ *   UVQ_EAGAIN   not now, and not taken: the sink will call uvq_sink_ready()
+ *                when it can take events again, and the writer retries the
+ *                same event then (it keeps it at its head, nothing reorders);
+ *   other < 0    this write failed; the writer decides (retry, drop, count).
+ *
+ * Writing your own sink: fill a uvq_sink_vtable_t, embed a uvq_sink_t in
+ * your struct, call uvq_sink_init(), and from your close operation call
+ * uvq_sink_closed() once the close is complete (possibly at once). */
+
+typedef struct uvq_sink_vtable_s uvq_sink_vtable_t;
+
+/* Called once on the loop thread when the sink's close completed. The sink's
+ * memory may be freed from here on. It may run before uvq_sink_close()
+ * returns (a sink with nothing to flush closes at once). */
+typedef void (*uvq_sink_close_cb)(uvq_sink_t* sink);
+/* Called on the loop thread when a sink that returned UVQ_EAGAIN can take
+ * events again. arg is what the upstream registered. */
+typedef void (*uvq_sink_ready_cb)(uvq_sink_t* sink, void* arg);
+
+struct uvq_sink_vtable_s {
+  /* Required. See "Flow control" above. Never called after close began. */
+  int (*write)(uvq_sink_t* sink, uvq_event_t* ev);
+  /* Optional. Start closing; call uvq_sink_closed(sink) when done (it may be
+   * called from inside close). NULL: the sink closes at once. */
+  void (*close)(uvq_sink_t* sink);
+};
+
+struct uvq_sink_s {
+  void* data; /* the user's */
+  /* private */
+  const uvq_sink_vtable_t* vt_;
+  uv_thread_t thread_;
+  uvq_sink_ready_cb ready_cb_;
+  void* ready_arg_;
+  uvq_sink_close_cb close_cb_;
+  int state_;
+};
+
+/* Initialise a sink with its operations. Loop thread: the calling thread
+ * becomes the sink's thread. sink and vt are the caller's and must outlive
+ * the sink (vt is typically static const). Returns 0, or UVQ_EINVAL (NULL
+ * sink or vt, or vt->write NULL). */
+UVQ_EXTERN int uvq_sink_init(uvq_sink_t* sink, const uvq_sink_vtable_t* vt);
+
+/* Offer ev to the sink (borrowed: see Ownership above). Loop thread.
+ * Returns what the sink's write returns (0, UVQ_EAGAIN, another error), or:
+ * UVQ_EINVAL (NULL sink or ev), UVQ_ETHREAD (not the sink's thread),
+ * UVQ_ECLOSED (close began: every write after close fails, every time). */
+UVQ_EXTERN int uvq_sink_write(uvq_sink_t* sink, uvq_event_t* ev);
+
+/* Close the sink; cb (may be NULL) runs once when the close is complete,
+ * possibly before this returns. Closing twice is harmless: a later call
+ * returns 0 and does nothing (its cb is not called). Loop thread.
+ * Returns 0, or UVQ_EINVAL (NULL sink), UVQ_ETHREAD. */
+UVQ_EXTERN int uvq_sink_close(uvq_sink_t* sink, uvq_sink_close_cb cb);
+
+/* 1 when close began (writes return UVQ_ECLOSED), 0 when open, and
+ * UVQ_EINVAL for NULL. Loop thread. */
+UVQ_EXTERN int uvq_sink_is_closed(const uvq_sink_t* sink);
+
+/* For sink implementations: the sink can take events again after it
+ * returned UVQ_EAGAIN; calls the upstream's ready callback (if any). May be
+ * called when nobody waits (harmless). Loop thread. NULL is ignored. */
+UVQ_EXTERN void uvq_sink_ready(uvq_sink_t* sink);
+
+/* For sink implementations: the close begun by the close operation is
+ * complete. Runs the user's close callback; the sink must not be touched
+ * after this call. Loop thread. NULL or a second call is ignored. */
+UVQ_EXTERN void uvq_sink_closed(uvq_sink_t* sink);
+
+/* For upstreams (queue, broadcaster, filter, retrying sink, your own): be
+ * told through cb when the sink is ready again after UVQ_EAGAIN. A sink has
+ * at most one upstream. cb NULL detaches. Loop thread.
+ * Returns 0, UVQ_EINVAL (NULL sink), UVQ_EBUSY (another upstream is
+ * attached: detach it first). */
+UVQ_EXTERN int uvq_sink_set_ready_cb(uvq_sink_t* sink, uvq_sink_ready_cb cb,
+                                     void* arg);
+
+/* @@UVQ-QUEUE-SINK@@ queue to sink and queue as a sink. */
+
+/* @@UVQ-BROADCAST-FILTER-RETRY@@ broadcaster, filter, retrying sink. */
+
+/* @@UVQ-CHANNEL@@ channel and channel sink. */
 
 #ifdef __cplusplus
 }

@@ -5,10 +5,17 @@
 #include "helpers.h"
 
 int main(void) {
-  SRunner* sr = srunner_create(errors_suite());
+  Suite* (*const suites[])(void) = {
+    errors_suite,
+    queue_suite,
+    /* one line per suite; keep this list in step with helpers.h */
+  };
+  SRunner* sr = srunner_create(NULL);
+  size_t i;
   int failed;
 
-  srunner_add_suite(sr, queue_suite());
+  for (i = 0; i < sizeof(suites) / sizeof(suites[0]); i++)
+    srunner_add_suite(sr, suites[i]());
   srunner_run_all(sr, CK_NORMAL);
   failed = srunner_ntests_failed(sr);
   srunner_free(sr);

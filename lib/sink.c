@@ -1,0 +1,79 @@
+/* The sink base: a vtable, a close state machine, and one upstream to tell
+ * when a sink that said "again" is ready. Everything here runs on the loop
+ * thread and takes no lock. Built-in sinks (queue, broadcaster, filter,
+ * retrying sink, channel sink) are written against exactly the same base a
+ * user's own sink uses. */
+#include "internal.h"
+
+enum { UVQ__SINK_OPEN = 0, UVQ__SINK_CLOSING, UVQ__SINK_DONE };
+
+int uvq_sink_init(uvq_sink_t* sink, const uvq_sink_vtable_t* vt) {
+  if (sink == NULL || vt == NULL || vt->write == NULL)
+    return UVQ_EINVAL;
+  sink->vt_ = vt;
+  sink->thread_ = uv_thread_self();
+  sink->ready_cb_ = NULL;
+  sink->ready_arg_ = NULL;
+  sink->close_cb_ = NULL;
+  sink->state_ = UVQ__SINK_OPEN;
+  return 0;
+}
+
+int uvq_sink_write(uvq_sink_t* sink, uvq_event_t* ev) {
+  if (UVQ__UNLIKELY(sink == NULL || ev == NULL))
+    return UVQ_EINVAL;
+  if (UVQ__UNLIKELY(sink->state_ != UVQ__SINK_OPEN))
+    return UVQ_ECLOSED;
+  if (UVQ__UNLIKELY(!uvq__on_thread(sink->thread_)))
+    return UVQ_ETHREAD;
+  return sink->vt_->write(sink, ev);
+}
+
+int uvq_sink_close(uvq_sink_t* sink, uvq_sink_close_cb cb) {
+  if (sink == NULL)
+    return UVQ_EINVAL;
+  if (!uvq__on_thread(sink->thread_))
+    return UVQ_ETHREAD;
+  if (sink->state_ != UVQ__SINK_OPEN)
+    return 0;
+  sink->state_ = UVQ__SINK_CLOSING;
+  sink->close_cb_ = cb;
+  if (sink->vt_->close != NULL)
+    sink->vt_->close(sink); /* calls uvq_sink_closed(), now or later */
+  else
+    uvq_sink_closed(sink);
+  return 0;
+}
+
+int uvq_sink_is_closed(const uvq_sink_t* sink) {
+  if (sink == NULL)
+    return UVQ_EINVAL;
+  return sink->state_ != UVQ__SINK_OPEN;
+}
+
+void uvq_sink_ready(uvq_sink_t* sink) {
+  if (sink != NULL && sink->ready_cb_ != NULL)
+    sink->ready_cb_(sink, sink->ready_arg_);
+}
+
+void uvq_sink_closed(uvq_sink_t* sink) {
+  uvq_sink_close_cb cb;
+  if (sink == NULL || sink->state_ == UVQ__SINK_DONE)
+    return;
+  sink->state_ = UVQ__SINK_DONE;
+  cb = sink->close_cb_;
+  sink->close_cb_ = NULL;
+  if (cb != NULL)
+    cb(sink); /* last: the user may free the sink here */
+}
+
+int uvq_sink_set_ready_cb(uvq_sink_t* sink, uvq_sink_ready_cb cb, void* arg) {
+  if (sink == NULL)
+    return UVQ_EINVAL;
+  if (cb != NULL && sink->ready_cb_ != NULL &&
+      (sink->ready_cb_ != cb || sink->ready_arg_ != arg))
+    return UVQ_EBUSY;
+  sink->ready_cb_ = cb;
+  sink->ready_arg_ = cb != NULL ? arg : NULL;
+  return 0;
+}
