@@ -41,6 +41,7 @@
  * the mutex around list operations.
  */
 #include <limits.h>
+#include <stdlib.h>
 #include <string.h>
 
 #include "internal.h"
@@ -102,8 +103,27 @@ static inline void uvq__wake(uvq_queue_t* q, uint64_t old) {
   }
 }
 
+/* A carrier: what uvq_queue_sink() enqueues for an event it was lent. */
+typedef struct {
+  uvq_event_t ev;
+  uvq_event_t* inner; /* holds one reference */
+} uvq__carrier_t;
+
+static void uvq__carrier_release(uvq_event_t* ev) {
+  uvq__carrier_t* c = UVQ__CONTAINER_OF(ev, uvq__carrier_t, ev);
+  uvq_event_unref(c->inner);
+  free(c);
+}
+
+/* Only queues that were written through their sink face hold carriers; the
+ * check keeps plain events (whose release_ field may be unset) unread. */
+static inline int uvq__is_carrier(uvq_queue_t* q, uvq_event_t* ev) {
+  return UVQ__LOAD(&q->face_used_, relaxed) &&
+         ev->release_ == uvq__carrier_release;
+}
+
 static inline void uvq__release(uvq_queue_t* q, uvq_event_t* ev) {
-  if (q->release_ != NULL)
+  if (q->release_ != NULL && !uvq__is_carrier(q, ev))
     q->release_(q, ev);
   else
     uvq_event_unref(ev);
@@ -328,8 +348,38 @@ static void uvq__on_close(uv_handle_t* handle) {
   UVQ__STORE(&q->phase_, UVQ__CLOSED_PHASE, release);
   uv_cond_destroy(&q->cond_);
   uv_mutex_destroy(&q->lock_);
+  uvq_sink_closed(&q->face_); /* no-op unless the face was being closed */
   if (cb != NULL)
     cb(q); /* last: the user may free q here */
+}
+
+static void uvq__on_dst_closed(uvq_sink_t* dst) {
+  uvq_queue_t* q = dst->ready_arg_; /* we registered q as the upstream */
+  uv_close((uv_handle_t*) &q->async_, uvq__on_close);
+}
+
+/* Every event is accounted for and nobody is inside: close the sink we feed
+ * (if any), then our handle. */
+static void uvq__close(uvq_queue_t* q) {
+  uvq_sink_t* dst = q->sink_;
+  if (dst == NULL) {
+    uv_close((uv_handle_t*) &q->async_, uvq__on_close);
+    return;
+  }
+  if (uvq_sink_is_closed(dst)) {
+    /* The user closed it already; it may still be completing. */
+    uvq_sink_set_ready_cb(dst, NULL, NULL);
+    uv_close((uv_handle_t*) &q->async_, uvq__on_close);
+    return;
+  }
+  uvq_sink_close(dst, uvq__on_dst_closed);
+}
+
+static void uvq__dst_ready(uvq_sink_t* dst, void* arg) {
+  uvq_queue_t* q = arg;
+  (void) dst;
+  if (UVQ__LOAD(&q->phase_, relaxed) == UVQ__RUNNING)
+    uv_async_send(&q->async_);
 }
 
 static inline uvq_event_t* uvq__pop_any(uvq_queue_t* q) {
@@ -353,6 +403,36 @@ static void uvq__wake_waiters(uvq_queue_t* q) {
   uv_mutex_unlock(&q->lock_);
 }
 
+/* Counts of one drain pass, published once at its end. */
+typedef struct {
+  uint64_t delivered;
+  uint64_t discarded;
+  uint64_t failed;
+} uvq__pass_t;
+
+/* Write ev to the sink we feed. 0: done with ev (delivered or failed and
+ * released); 1: the sink said "again", ev is held at our head. */
+static int uvq__to_sink(uvq_queue_t* q, uvq_event_t* ev, uvq__pass_t* p) {
+  uvq_event_t* inner = ev;
+  int r;
+  if (uvq__is_carrier(q, ev))
+    inner = ((uvq__carrier_t*) ev)->inner;
+  r = uvq_sink_write(q->sink_, inner);
+  if (r == UVQ_EAGAIN) {
+    q->held_ = ev;
+    return 1;
+  }
+  if (r == 0) {
+    p->delivered++;
+  } else {
+    p->failed++;
+    if (q->error_ != NULL)
+      q->error_(q, inner, r);
+  }
+  uvq__release(q, ev);
+  return 0;
+}
+
 static void uvq__async_cb(uv_async_t* handle) {
   uvq_queue_t* q = UVQ__CONTAINER_OF(handle, uvq_queue_t, async_);
   uint64_t stop_count = UVQ__LOAD(&q->stop_count_, acquire);
@@ -360,8 +440,9 @@ static void uvq__async_cb(uv_async_t* handle) {
   int bounded = q->capacity_ != 0;
   uint64_t removed = atomic_load(&q->removed_);
   uint64_t accepted = UVQ__COUNT(atomic_load(&q->state_));
+  uvq__pass_t p = {0, 0, 0};
   uint64_t n = 0;
-  uint64_t gone = 0;
+  int paused = 0;
   uint64_t s;
 
   if (UVQ__LOAD(&q->phase_, relaxed) != UVQ__RUNNING)
@@ -372,7 +453,19 @@ static void uvq__async_cb(uv_async_t* handle) {
   if (accepted - removed > UVQ__LOAD(&q->max_depth_, relaxed))
     UVQ__STORE(&q->max_depth_, accepted - removed, relaxed);
 
-  while (n < q->batch_) {
+  /* The event a sink refused with "again" goes first, or nothing does. */
+  if (q->held_ != NULL) {
+    uvq_event_t* ev = q->held_;
+    q->held_ = NULL;
+    if (UVQ__LOAD(&q->stop_mode_, relaxed) & UVQ__STOP_DISCARD) {
+      p.discarded++;
+      uvq__release(q, ev);
+    } else {
+      paused = uvq__to_sink(q, ev, &p);
+    }
+  }
+
+  while (!paused && n < q->batch_) {
     uvq_event_t* ev = uvq__pop_any(q);
     if (ev == NULL)
       break;
@@ -382,34 +475,46 @@ static void uvq__async_cb(uv_async_t* handle) {
     /* Checked per event: a discard stop (even one made by the callback just
      * run) must not wait for the end of the batch. */
     if (UVQ__UNLIKELY(UVQ__LOAD(&q->stop_mode_, relaxed) & UVQ__STOP_DISCARD)) {
-      gone++;
+      p.discarded++;
       uvq__release(q, ev);
-    } else {
+    } else if (q->sink_ == NULL) {
+      p.delivered++;
       q->process_(q, ev);
+    } else {
+      paused = uvq__to_sink(q, ev, &p);
     }
   }
-  uvq__bump(&q->discarded_, gone);
-  uvq__bump(&q->delivered_, n - gone);
+  uvq__bump(&q->delivered_, p.delivered);
+  uvq__bump(&q->discarded_, p.discarded);
+  uvq__bump(&q->failed_, p.failed);
   if (!locked)
     atomic_store(&q->removed_, removed + n); /* seq_cst: pairs with inside_ */
-  if (n != 0 && bounded)
+  if (n != 0 && bounded) {
     uvq__wake_waiters(q);
+    if (q->face_waiting_) {
+      q->face_waiting_ = 0;
+      uvq_sink_ready(&q->face_); /* may write into us again: fine */
+    }
+  }
 
   /* What next: close, sleep, or run again after the loop had its turn. */
   removed = atomic_load(&q->removed_);
   stop_count = UVQ__LOAD(&q->stop_count_, acquire);
   if (stop_count != UVQ__UNPUBLISHED) {
-    if (removed == stop_count) {
+    if (removed == stop_count && q->held_ == NULL) {
       atomic_store(&q->phase_, UVQ__CLOSING);
       if (atomic_load(&q->inside_) == 0) {
-        uv_close((uv_handle_t*) &q->async_, uvq__on_close);
+        uvq__close(q);
         return;
       }
       atomic_store(&q->phase_, UVQ__RUNNING); /* someone is still inside */
     }
-    uv_async_send(&q->async_);
-    return;
+    if (!paused)
+      uv_async_send(&q->async_);
+    return; /* paused: the sink's ready (or a discard stop) wakes us */
   }
+  if (paused)
+    return; /* the sink's ready callback wakes us; producers need not */
   if (n < q->batch_) {
     s = atomic_load(&q->state_);
     while (UVQ__COUNT(s) == removed) {
@@ -424,14 +529,55 @@ static void uvq__async_cb(uv_async_t* handle) {
   uv_async_send(&q->async_);
 }
 
+/* -- the queue as a sink --------------------------------------------------- */
+
+static int uvq__face_write(uvq_sink_t* face, uvq_event_t* ev) {
+  uvq_queue_t* q = UVQ__CONTAINER_OF(face, uvq_queue_t, face_);
+  uvq__carrier_t* c = malloc(sizeof(*c));
+  int r;
+  if (c == NULL)
+    return UVQ_ENOMEM;
+  UVQ__STORE(&q->face_used_, 1, relaxed);
+  uvq_event_init(&c->ev, uvq__carrier_release);
+  c->inner = uvq_event_ref(ev);
+  r = uvq_queue_try_enqueue(q, &c->ev);
+  if (r == 0)
+    return 0;
+  uvq_event_unref(&c->ev); /* still ours: drop it and its reference */
+  if (r == UVQ_EFULL && q->overflow_ == UVQ_BLOCK) {
+    q->face_waiting_ = 1;
+    return UVQ_EAGAIN;
+  }
+  return r;
+}
+
+static void uvq__face_close(uvq_sink_t* face) {
+  uvq_queue_t* q = UVQ__CONTAINER_OF(face, uvq_queue_t, face_);
+  if (UVQ__LOAD(&q->phase_, acquire) == UVQ__CLOSED_PHASE) {
+    uvq_sink_closed(face); /* the queue closed before its face did */
+    return;
+  }
+  /* uvq__on_close completes the face's close. */
+  uvq_queue_stop(q, UVQ_STOP_DRAIN, NULL);
+}
+
+static const uvq_sink_vtable_t uvq__face_vtable = {
+  uvq__face_write,
+  uvq__face_close
+};
+
+uvq_sink_t* uvq_queue_sink(uvq_queue_t* q) {
+  return q != NULL ? &q->face_ : NULL;
+}
+
 /* -- init, ref, stats ------------------------------------------------------ */
 
-int uvq_queue_init(uv_loop_t* loop, uvq_queue_t* q, uvq_process_cb process,
-                   const uvq_queue_options_t* opts) {
+static int uvq__init(uv_loop_t* loop, uvq_queue_t* q, uvq_process_cb process,
+                     uvq_sink_t* dst, const uvq_queue_options_t* opts) {
   uvq_queue_options_t o;
   int r;
 
-  if (loop == NULL || q == NULL || process == NULL)
+  if (loop == NULL || q == NULL || (process == NULL && dst == NULL))
     return UVQ_EINVAL;
   if (opts != NULL)
     o = *opts;
@@ -445,7 +591,9 @@ int uvq_queue_init(uv_loop_t* loop, uvq_queue_t* q, uvq_process_cb process,
   q->loop_ = loop;
   q->loop_thread_ = uv_thread_self();
   q->process_ = process;
+  q->sink_ = dst;
   q->release_ = o.release;
+  q->error_ = o.error;
   q->capacity_ = o.capacity;
   q->overflow_ = o.overflow;
   q->batch_ = o.batch != 0 ? o.batch : UVQ_DEFAULT_BATCH;
@@ -465,15 +613,41 @@ int uvq_queue_init(uv_loop_t* loop, uvq_queue_t* q, uvq_process_cb process,
     uv_mutex_destroy(&q->lock_);
     return r;
   }
+  if (dst != NULL && (r = uvq_sink_set_ready_cb(dst, uvq__dst_ready, q)) != 0)
+    goto fail_sink;
   r = uv_async_init(loop, &q->async_, uvq__async_cb);
-  if (r != 0) {
-    uv_cond_destroy(&q->cond_);
-    uv_mutex_destroy(&q->lock_);
-    return r;
-  }
+  if (r != 0)
+    goto fail_async;
+  uvq_sink_init(&q->face_, &uvq__face_vtable);
   /* Nothing queued yet: the first producer must wake the loop. */
   atomic_store(&q->state_, UVQ__ASLEEP);
   return 0;
+
+fail_async:
+  if (dst != NULL)
+    uvq_sink_set_ready_cb(dst, NULL, NULL);
+fail_sink:
+  uv_cond_destroy(&q->cond_);
+  uv_mutex_destroy(&q->lock_);
+  return r;
+}
+
+int uvq_queue_init(uv_loop_t* loop, uvq_queue_t* q, uvq_process_cb process,
+                   const uvq_queue_options_t* opts) {
+  if (process == NULL)
+    return UVQ_EINVAL;
+  return uvq__init(loop, q, process, NULL, opts);
+}
+
+int uvq_queue_init_sink(uv_loop_t* loop, uvq_queue_t* q, uvq_sink_t* dst,
+                        const uvq_queue_options_t* opts) {
+  if (dst == NULL)
+    return UVQ_EINVAL;
+  if (!uvq__on_thread(dst->thread_))
+    return UVQ_ETHREAD;
+  if (uvq_sink_is_closed(dst))
+    return UVQ_ECLOSED;
+  return uvq__init(loop, q, NULL, dst, opts);
 }
 
 static int uvq__loop_call(uvq_queue_t* q) {

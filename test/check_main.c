@@ -8,6 +8,7 @@ int main(void) {
   Suite* (*const suites[])(void) = {
     errors_suite,
     queue_suite,
+    queue_sink_suite,
     /* one line per suite; keep this list in step with helpers.h */
   };
   SRunner* sr = srunner_create(NULL);

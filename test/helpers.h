@@ -10,6 +10,7 @@
 
 Suite* errors_suite(void);
 Suite* queue_suite(void);
+Suite* queue_sink_suite(void);
 
 /* libuv's MAKE_VALGRIND_HAPPY: close every handle left, run the loop once
  * more so their close callbacks run, and require uv_loop_close() to succeed. */

@@ -1,0 +1,415 @@
+/* A queue feeding a sink, and the queue seen as a sink: flow control
+ * ("again" pauses without loss or reordering), failures counted, the stop
+ * that flushes then closes the sink, and the stuck sink that a discard stop
+ * overrides. */
+#include <string.h>
+
+#include "helpers.h"
+
+typedef struct {
+  uvq_event_t ev;
+  unsigned producer;
+  unsigned seq;
+} item_t;
+
+#define ITEM(e) ((item_t*) ((char*) (e) - offsetof(item_t, ev)))
+
+static uv_loop_t loop;
+static unsigned released;
+static unsigned queue_closed;
+static unsigned sink_closed;
+static unsigned error_calls;
+static int last_error;
+
+static void count_release(uvq_event_t* ev) {
+  (void) ev;
+  released++;
+}
+
+static void on_queue_closed(uvq_queue_t* q) {
+  (void) q;
+  /* The sink we fed closed first. */
+  ck_assert_uint_eq(sink_closed, 1);
+  queue_closed++;
+}
+
+static void on_error(uvq_queue_t* q, uvq_event_t* ev, int err) {
+  (void) q;
+  (void) ev;
+  error_calls++;
+  last_error = err;
+}
+
+/* -- a test sink: records what it takes, can refuse, fail or stall -------- */
+
+typedef struct {
+  uvq_sink_t sink;
+  uv_timer_t timer; /* makes it slow: one event per tick */
+  int slow;         /* take one event, then "again" until the timer fires */
+  int busy;
+  int stuck;        /* "again" forever */
+  int fail_every;   /* fail every n-th write (0: never) */
+  unsigned writes;
+  unsigned taken;
+  unsigned next_seq[128];
+  unsigned order_errors;
+} test_sink_t;
+
+static void test_sink_tick(uv_timer_t* t) {
+  test_sink_t* ts = t->data;
+  ts->busy = 0;
+  uvq_sink_ready(&ts->sink);
+}
+
+static int test_sink_write(uvq_sink_t* sink, uvq_event_t* ev) {
+  test_sink_t* ts = (test_sink_t*) sink;
+  item_t* it = ITEM(ev);
+  ts->writes++;
+  if (ts->stuck || ts->busy)
+    return UVQ_EAGAIN;
+  if (ts->fail_every != 0 && ts->writes % ts->fail_every == 0)
+    return UV_EIO;
+  if (it->seq != ts->next_seq[it->producer])
+    ts->order_errors++;
+  ts->next_seq[it->producer] = it->seq + 1;
+  ts->taken++;
+  if (ts->slow) {
+    ts->busy = 1;
+    uv_timer_start(&ts->timer, test_sink_tick, 1, 0);
+  }
+  return 0;
+}
+
+static void test_sink_timer_closed(uv_handle_t* h) {
+  test_sink_t* ts = h->data;
+  sink_closed++;
+  uvq_sink_closed(&ts->sink);
+}
+
+static void test_sink_close(uvq_sink_t* sink) {
+  test_sink_t* ts = (test_sink_t*) sink;
+  uv_close((uv_handle_t*) &ts->timer, test_sink_timer_closed);
+}
+
+static const uvq_sink_vtable_t test_sink_vt = {test_sink_write,
+                                               test_sink_close};
+
+static void test_sink_init(test_sink_t* ts) {
+  memset(ts, 0, sizeof(*ts));
+  ck_assert_int_eq(uvq_sink_init(&ts->sink, &test_sink_vt), 0);
+  ck_assert_int_eq(uv_timer_init(&loop, &ts->timer), 0);
+  ts->timer.data = ts;
+}
+
+static void setup(void) {
+  ck_assert_int_eq(uv_loop_init(&loop), 0);
+  released = queue_closed = sink_closed = error_calls = 0;
+  last_error = 0;
+}
+
+static void teardown(void) {}
+
+static item_t* make_items(unsigned n, unsigned producer) {
+  item_t* items = calloc(n, sizeof(item_t));
+  unsigned i;
+  ck_assert_ptr_nonnull(items);
+  for (i = 0; i < n; i++) {
+    uvq_event_init(&items[i].ev, count_release);
+    items[i].producer = producer;
+    items[i].seq = i;
+  }
+  return items;
+}
+
+/* -- go-events: 1000 events from many threads into a queue before a slow
+ * sink; after the stop every one arrived and the sink is closed. ---------- */
+
+enum { GO_THREADS = 100, GO_PER_THREAD = 10 };
+static uvq_queue_t go_queue;
+static item_t* go_items[GO_THREADS];
+
+static void go_producer(void* arg) {
+  uintptr_t id = (uintptr_t) arg;
+  unsigned i;
+  for (i = 0; i < GO_PER_THREAD; i++)
+    ck_assert_int_eq(uvq_queue_enqueue(&go_queue, &go_items[id][i].ev), 0);
+}
+
+typedef struct {
+  uv_thread_t threads[GO_THREADS];
+} go_threads_t;
+
+static void stop_after_join(void* arg) {
+  go_threads_t* t = arg;
+  unsigned i;
+  for (i = 0; i < GO_THREADS; i++)
+    uv_thread_join(&t->threads[i]);
+  ck_assert_int_eq(uvq_queue_stop(&go_queue, UVQ_STOP_DRAIN, on_queue_closed),
+                   0);
+}
+
+START_TEST(queue_to_slow_sink_delivers_every_event_then_closes_it) {
+  test_sink_t ts;
+  go_threads_t t;
+  uv_thread_t joiner;
+  uvq_queue_stats_t st;
+  uintptr_t i;
+
+  test_sink_init(&ts);
+  ts.slow = 1;
+  ck_assert_int_eq(uvq_queue_init_sink(&loop, &go_queue, &ts.sink, NULL), 0);
+  for (i = 0; i < GO_THREADS; i++) {
+    go_items[i] = make_items(GO_PER_THREAD, (unsigned) i);
+    ck_assert_int_eq(uv_thread_create(&t.threads[i], go_producer, (void*) i),
+                     0);
+  }
+  /* The stop comes from another thread, once every producer returned. */
+  ck_assert_int_eq(uv_thread_create(&joiner, stop_after_join, &t), 0);
+  ck_assert_int_eq(uv_run(&loop, UV_RUN_DEFAULT), 0);
+  uv_thread_join(&joiner);
+
+  ck_assert_uint_eq(queue_closed, 1);
+  ck_assert_uint_eq(sink_closed, 1);
+  ck_assert_uint_eq(ts.taken, GO_THREADS * GO_PER_THREAD);
+  ck_assert_uint_eq(ts.order_errors, 0);
+  ck_assert_uint_eq(released, GO_THREADS * GO_PER_THREAD);
+  ck_assert_int_eq(uvq_queue_stats(&go_queue, &st), 0);
+  ck_assert_uint_eq(st.delivered, GO_THREADS * GO_PER_THREAD);
+  ck_assert_uint_eq(st.failed, 0);
+  ck_assert_uint_eq(st.depth, 0);
+  /* A slow sink made the queue hold events back: "again" happened. */
+  ck_assert_uint_gt(ts.writes, ts.taken);
+  for (i = 0; i < GO_THREADS; i++)
+    free(go_items[i]);
+  uvq_test_loop_done(&loop);
+}
+END_TEST
+
+/* -- backpressure: a bounded queue before a slow sink blocks producers,
+ * and still nothing is lost or reordered. -------------------------------- */
+
+static uvq_queue_t bp_queue;
+
+static void bp_producer(void* arg) {
+  item_t* items = arg;
+  unsigned i;
+  for (i = 0; i < 200; i++)
+    ck_assert_int_eq(uvq_queue_enqueue(&bp_queue, &items[i].ev), 0);
+  ck_assert_int_eq(uvq_queue_stop(&bp_queue, UVQ_STOP_DRAIN, on_queue_closed),
+                   0);
+}
+
+START_TEST(queue_to_sink_again_pushes_back_on_bounded_producers) {
+  uvq_queue_options_t o = {.capacity = 4, .overflow = UVQ_BLOCK};
+  test_sink_t ts;
+  uvq_queue_stats_t st;
+  uv_thread_t tid;
+  item_t* items = make_items(200, 0);
+
+  test_sink_init(&ts);
+  ts.slow = 1;
+  ck_assert_int_eq(uvq_queue_init_sink(&loop, &bp_queue, &ts.sink, &o), 0);
+  ck_assert_int_eq(uv_thread_create(&tid, bp_producer, items), 0);
+  ck_assert_int_eq(uv_run(&loop, UV_RUN_DEFAULT), 0);
+  uv_thread_join(&tid);
+  ck_assert_uint_eq(ts.taken, 200);
+  ck_assert_uint_eq(ts.order_errors, 0);
+  ck_assert_uint_eq(released, 200);
+  ck_assert_int_eq(uvq_queue_stats(&bp_queue, &st), 0);
+  ck_assert_uint_le(st.max_depth, 4);
+  ck_assert_uint_eq(st.delivered, 200);
+  free(items);
+  uvq_test_loop_done(&loop);
+}
+END_TEST
+
+/* -- failures are counted, reported and released, never silently lost. --- */
+
+START_TEST(queue_to_sink_counts_and_reports_failed_writes) {
+  uvq_queue_options_t o = {.error = on_error};
+  uvq_queue_t q;
+  test_sink_t ts;
+  uvq_queue_stats_t st;
+  item_t* items = make_items(30, 0);
+  unsigned i;
+
+  test_sink_init(&ts);
+  ts.fail_every = 3;
+  ck_assert_int_eq(uvq_queue_init_sink(&loop, &q, &ts.sink, &o), 0);
+  for (i = 0; i < 30; i++)
+    ck_assert_int_eq(uvq_queue_try_enqueue(&q, &items[i].ev), 0);
+  ck_assert_int_eq(uvq_queue_stop(&q, UVQ_STOP_DRAIN, on_queue_closed), 0);
+  ck_assert_int_eq(uv_run(&loop, UV_RUN_DEFAULT), 0);
+  ck_assert_int_eq(uvq_queue_stats(&q, &st), 0);
+  ck_assert_uint_eq(st.failed, 10);
+  ck_assert_uint_eq(st.delivered, 20);
+  ck_assert_uint_eq(error_calls, 10);
+  ck_assert_int_eq(last_error, UV_EIO);
+  ck_assert_uint_eq(released, 30);
+  ck_assert_uint_eq(queue_closed, 1);
+  free(items);
+  uvq_test_loop_done(&loop);
+}
+END_TEST
+
+/* -- a stuck sink holds a drain stop; a discard stop overrides it. -------- */
+
+static uvq_queue_t stuck_queue;
+
+static void discard_later(uv_timer_t* t) {
+  ck_assert_uint_eq(queue_closed, 0); /* the drain is still waiting */
+  ck_assert_int_eq(uvq_queue_stop(&stuck_queue, UVQ_STOP_DISCARD, NULL), 0);
+  uv_close((uv_handle_t*) t, NULL);
+}
+
+START_TEST(queue_to_stuck_sink_discard_stop_overrides_drain) {
+  test_sink_t ts;
+  uv_timer_t t;
+  uvq_queue_stats_t st;
+  item_t* items = make_items(10, 0);
+  unsigned i;
+
+  test_sink_init(&ts);
+  ts.stuck = 1;
+  ck_assert_int_eq(uvq_queue_init_sink(&loop, &stuck_queue, &ts.sink, NULL),
+                   0);
+  for (i = 0; i < 10; i++)
+    ck_assert_int_eq(uvq_queue_try_enqueue(&stuck_queue, &items[i].ev), 0);
+  ck_assert_int_eq(uvq_queue_stop(&stuck_queue, UVQ_STOP_DRAIN,
+                                  on_queue_closed), 0);
+  ck_assert_int_eq(uv_timer_init(&loop, &t), 0);
+  ck_assert_int_eq(uv_timer_start(&t, discard_later, 20, 0), 0);
+  ck_assert_int_eq(uv_run(&loop, UV_RUN_DEFAULT), 0);
+  ck_assert_uint_eq(queue_closed, 1);
+  ck_assert_uint_eq(ts.taken, 0);
+  ck_assert_uint_eq(released, 10);
+  ck_assert_int_eq(uvq_queue_stats(&stuck_queue, &st), 0);
+  ck_assert_uint_eq(st.discarded, 10);
+  ck_assert_uint_eq(st.delivered, 0);
+  free(items);
+  uvq_test_loop_done(&loop);
+}
+END_TEST
+
+/* -- the queue as a sink: one event in several queues at once. ------------ */
+
+START_TEST(queue_as_sink_shares_one_event_between_queues) {
+  uvq_queue_t qs[3];
+  item_t* items = make_items(5, 0);
+  unsigned i, j;
+
+  for (j = 0; j < 3; j++)
+    ck_assert_int_eq(uvq_queue_init_sink(&loop, &qs[j], NULL, NULL),
+                     UVQ_EINVAL);
+  for (j = 0; j < 3; j++) {
+    test_sink_t* ts = malloc(sizeof(*ts));
+    test_sink_init(ts);
+    qs[j].data = ts;
+    ck_assert_int_eq(uvq_queue_init_sink(&loop, &qs[j], &ts->sink, NULL), 0);
+  }
+  for (i = 0; i < 5; i++) {
+    for (j = 0; j < 3; j++)
+      ck_assert_int_eq(uvq_sink_write(uvq_queue_sink(&qs[j]), &items[i].ev),
+                       0);
+    /* the writer's own reference plus one per queue */
+    ck_assert_uint_eq(uvq_event_refs(&items[i].ev), 4);
+    uvq_event_unref(&items[i].ev); /* the writer lets go */
+  }
+  ck_assert_uint_eq(released, 0);
+  for (j = 0; j < 3; j++)
+    ck_assert_int_eq(uvq_sink_close(uvq_queue_sink(&qs[j]), NULL), 0);
+  ck_assert_int_eq(uv_run(&loop, UV_RUN_DEFAULT), 0);
+  for (j = 0; j < 3; j++) {
+    test_sink_t* ts = qs[j].data;
+    ck_assert_uint_eq(ts->taken, 5);
+    ck_assert_uint_eq(ts->order_errors, 0);
+    free(ts);
+  }
+  ck_assert_uint_eq(released, 5); /* each event exactly once, by the last */
+  for (i = 0; i < 5; i++)
+    ck_assert_uint_eq(uvq_event_refs(&items[i].ev), 0);
+  ck_assert_int_eq(uvq_sink_write(uvq_queue_sink(&qs[0]), &items[0].ev),
+                   UVQ_ECLOSED);
+  free(items);
+  uvq_test_loop_done(&loop);
+}
+END_TEST
+
+/* -- the face of a full UVQ_BLOCK queue says "again", then "ready". ------- */
+
+static unsigned face_ready_calls;
+
+static void face_ready(uvq_sink_t* s, void* arg) {
+  (void) s;
+  (void) arg;
+  face_ready_calls++;
+}
+
+START_TEST(queue_as_sink_full_block_queue_says_again_then_ready) {
+  uvq_queue_options_t o = {.capacity = 2, .overflow = UVQ_BLOCK};
+  uvq_queue_t q;
+  test_sink_t ts;
+  item_t* items = make_items(3, 0);
+  uvq_sink_t* face;
+
+  face_ready_calls = 0;
+  test_sink_init(&ts);
+  ck_assert_int_eq(uvq_queue_init_sink(&loop, &q, &ts.sink, &o), 0);
+  face = uvq_queue_sink(&q);
+  ck_assert_int_eq(uvq_sink_set_ready_cb(face, face_ready, NULL), 0);
+  ck_assert_int_eq(uvq_sink_write(face, &items[0].ev), 0);
+  ck_assert_int_eq(uvq_sink_write(face, &items[1].ev), 0);
+  ck_assert_int_eq(uvq_sink_write(face, &items[2].ev), UVQ_EAGAIN);
+  ck_assert_uint_eq(uvq_event_refs(&items[2].ev), 1); /* not taken */
+  ck_assert_int_eq(uv_run(&loop, UV_RUN_NOWAIT), 1);
+  ck_assert_uint_eq(face_ready_calls, 1);
+  ck_assert_int_eq(uvq_sink_write(face, &items[2].ev), 0);
+  ck_assert_int_eq(uvq_sink_close(face, NULL), 0);
+  ck_assert_int_eq(uvq_sink_close(face, NULL), 0); /* twice: harmless */
+  ck_assert_int_eq(uvq_sink_write(face, &items[2].ev), UVQ_ECLOSED);
+  ck_assert_int_eq(uv_run(&loop, UV_RUN_DEFAULT), 0);
+  ck_assert_uint_eq(ts.taken, 3);
+  ck_assert_uint_eq(sink_closed, 1);
+  uvq_event_unref(&items[0].ev);
+  uvq_event_unref(&items[1].ev);
+  uvq_event_unref(&items[2].ev);
+  ck_assert_uint_eq(released, 3);
+  free(items);
+  uvq_test_loop_done(&loop);
+}
+END_TEST
+
+START_TEST(queue_init_sink_rejects_bad_sinks) {
+  uvq_queue_t q, q2;
+  test_sink_t ts;
+
+  test_sink_init(&ts);
+  ck_assert_int_eq(uvq_queue_init_sink(NULL, &q, &ts.sink, NULL), UVQ_EINVAL);
+  ck_assert_int_eq(uvq_queue_init_sink(&loop, NULL, &ts.sink, NULL),
+                   UVQ_EINVAL);
+  ck_assert_int_eq(uvq_queue_init_sink(&loop, &q, &ts.sink, NULL), 0);
+  /* A sink has one upstream. */
+  ck_assert_int_eq(uvq_queue_init_sink(&loop, &q2, &ts.sink, NULL), UVQ_EBUSY);
+  ck_assert_ptr_null(uvq_queue_sink(NULL));
+  ck_assert_int_eq(uvq_queue_stop(&q, UVQ_STOP_DRAIN, on_queue_closed), 0);
+  ck_assert_int_eq(uv_run(&loop, UV_RUN_DEFAULT), 0);
+  ck_assert_uint_eq(queue_closed, 1);
+  uvq_test_loop_done(&loop);
+}
+END_TEST
+
+Suite* queue_sink_suite(void) {
+  Suite* s = suite_create("queue_sink");
+  TCase* tc = tcase_create("queue_sink");
+  tcase_add_checked_fixture(tc, setup, teardown);
+  tcase_set_timeout(tc, 60);
+  tcase_add_test(tc, queue_to_slow_sink_delivers_every_event_then_closes_it);
+  tcase_add_test(tc, queue_to_sink_again_pushes_back_on_bounded_producers);
+  tcase_add_test(tc, queue_to_sink_counts_and_reports_failed_writes);
+  tcase_add_test(tc, queue_to_stuck_sink_discard_stop_overrides_drain);
+  tcase_add_test(tc, queue_as_sink_shares_one_event_between_queues);
+  tcase_add_test(tc, queue_as_sink_full_block_queue_says_again_then_ready);
+  tcase_add_test(tc, queue_init_sink_rejects_bad_sinks);
+  suite_add_tcase(s, tc);
+  return s;
+}
