@@ -317,7 +317,7 @@ struct uvq_queue_s {
   /* private */
   uv_loop_t* loop_;
   uv_async_t async_;
-  uv_thread_t loop_thread_;
+  const void* loop_thread_;
   uvq_process_cb process_;
   uvq_sink_t* sink_;
   uvq_release_cb release_;

@@ -5,6 +5,9 @@
 #include <stdatomic.h>
 #include <stddef.h>
 #include <stdint.h>
+#ifndef _WIN32
+# include <pthread.h>
+#endif
 
 #include "uvq.h"
 
@@ -14,9 +17,13 @@
 #if defined(__GNUC__)
 # define UVQ__LIKELY(x) __builtin_expect(!!(x), 1)
 # define UVQ__UNLIKELY(x) __builtin_expect(!!(x), 0)
+# define UVQ__INLINE inline __attribute__((always_inline))
+# define UVQ__NOINLINE __attribute__((noinline))
 #else
 # define UVQ__LIKELY(x) (x)
 # define UVQ__UNLIKELY(x) (x)
+# define UVQ__INLINE inline
+# define UVQ__NOINLINE
 #endif
 
 #define UVQ__LOAD(p, mo) atomic_load_explicit((p), memory_order_##mo)
@@ -42,10 +49,34 @@ enum {
   UVQ__CLOSED_PHASE = 2
 };
 
-/* 1 when the caller runs on thread t. */
+/* 1 when the caller runs on thread t. On Unix uv_thread_t is pthread_t;
+ * calling pthread directly saves two calls through libuv on paths that check
+ * it per event. */
 static inline int uvq__on_thread(uv_thread_t t) {
+#ifdef _WIN32
   uv_thread_t self = uv_thread_self();
   return uv_thread_equal(&self, &t);
+#else
+  return pthread_equal(pthread_self(), t);
+#endif
+}
+
+static inline void uvq__cpu_relax(void) {
+#if defined(__x86_64__) || defined(__i386__)
+  __builtin_ia32_pause();
+#elif defined(__aarch64__)
+  __asm__ __volatile__("yield");
+#endif
+}
+
+/* One byte per thread whose address identifies the thread: comparing it costs
+ * two instructions where pthread_self() + pthread_equal() cost a call. The
+ * initial-exec model keeps the access %fs-relative in the shared library. */
+extern _Thread_local char uvq__thread_marker
+    __attribute__((tls_model("initial-exec")));
+
+static inline const void* uvq__thread_id(void) {
+  return &uvq__thread_marker;
 }
 
 /* Add to a counter that only one thread writes (cheaper than fetch_add). */

@@ -48,11 +48,13 @@
 
 #define UVQ__FLAG_LOCKED 1 /* UVQ_DROP_OLDEST: list ops under lock_ */
 
+_Thread_local char uvq__thread_marker;
+
 static void uvq__async_cb(uv_async_t* handle);
 
 /* -- the list ------------------------------------------------------------ */
 
-static inline void uvq__push(uvq_queue_t* q, uvq_event_t* ev) {
+static UVQ__INLINE void uvq__push(uvq_queue_t* q, uvq_event_t* ev) {
   uvq_event_t* prev;
   UVQ__STORE(&ev->next_, NULL, relaxed);
   prev = atomic_exchange_explicit(&q->tail_, ev, memory_order_acq_rel);
@@ -61,7 +63,7 @@ static inline void uvq__push(uvq_queue_t* q, uvq_event_t* ev) {
 
 /* Pop the oldest linked event, or NULL when none is visible (empty, or the
  * next producer has not linked yet). Consumer only (or under lock_). */
-static uvq_event_t* uvq__pop(uvq_queue_t* q) {
+static UVQ__INLINE uvq_event_t* uvq__pop(uvq_queue_t* q) {
   uvq_event_t* head = q->head_;
   uvq_event_t* next = UVQ__LOAD(&head->next_, acquire);
   uvq_event_t* tail;
@@ -91,16 +93,19 @@ static uvq_event_t* uvq__pop(uvq_queue_t* q) {
 
 /* -- producers ----------------------------------------------------------- */
 
+static UVQ__NOINLINE void uvq__wake_slow(uvq_queue_t* q) {
+  uint64_t old = atomic_fetch_and(&q->state_, ~UVQ__ASLEEP);
+  if (old & UVQ__ASLEEP) {
+    atomic_fetch_add_explicit(&q->wakeups_, 1, memory_order_relaxed);
+    uv_async_send(&q->async_);
+  }
+}
+
 /* Wake the loop if the state word we replaced said it sleeps. Called before
  * the link (see the invariants above). */
-static inline void uvq__wake(uvq_queue_t* q, uint64_t old) {
-  if (UVQ__UNLIKELY(old & UVQ__ASLEEP)) {
-    old = atomic_fetch_and(&q->state_, ~UVQ__ASLEEP);
-    if (old & UVQ__ASLEEP) {
-      atomic_fetch_add_explicit(&q->wakeups_, 1, memory_order_relaxed);
-      uv_async_send(&q->async_);
-    }
-  }
+static UVQ__INLINE void uvq__wake(uvq_queue_t* q, uint64_t old) {
+  if (UVQ__UNLIKELY(old & UVQ__ASLEEP))
+    uvq__wake_slow(q);
 }
 
 /* A carrier: what uvq_queue_sink() enqueues for an event it was lent. */
@@ -131,7 +136,7 @@ static inline void uvq__release(uvq_queue_t* q, uvq_event_t* ev) {
 
 /* One attempt to take a ticket on a bounded queue: 0 when taken (*old is
  * the state before), UVQ_EFULL or UVQ_ECLOSED otherwise. */
-static inline int uvq__bounded_ticket(uvq_queue_t* q, uint64_t* old) {
+static UVQ__INLINE int uvq__bounded_ticket(uvq_queue_t* q, uint64_t* old) {
   for (;;) {
     /* removed_ first: it only grows and never passes the count, so a count
      * read after it gives a depth that is never too small (no false room)
@@ -166,7 +171,8 @@ static inline void uvq__leave(uvq_queue_t* q) {
 }
 
 /* UVQ_DROP_OLDEST: everything under the lock, the victim released after. */
-static int uvq__enqueue_locked(uvq_queue_t* q, uvq_event_t* ev) {
+static UVQ__NOINLINE int uvq__enqueue_locked(uvq_queue_t* q,
+                                             uvq_event_t* ev) {
   uvq_event_t* victim = NULL;
   uint64_t s;
 
@@ -198,8 +204,8 @@ static int uvq__enqueue_locked(uvq_queue_t* q, uvq_event_t* ev) {
 
 /* The queue is full: drop ev (UVQ_DROP_NEW), fail, or wait for room until
  * deadline (an absolute uv_hrtime; 0: wait forever). */
-static int uvq__full(uvq_queue_t* q, uvq_event_t* ev, int may_wait,
-                     uint64_t deadline) {
+static UVQ__NOINLINE int uvq__full(uvq_queue_t* q, uvq_event_t* ev,
+                                   int may_wait, uint64_t deadline) {
   uint64_t old;
   int r;
 
@@ -250,21 +256,31 @@ static int uvq__full(uvq_queue_t* q, uvq_event_t* ev, int may_wait,
   return r;
 }
 
-static inline int uvq__enqueue(uvq_queue_t* q, uvq_event_t* ev, int may_wait,
-                               uint64_t deadline) {
+/* The hot path: unbounded, one atomic add, one exchange, one store. */
+static UVQ__INLINE int uvq__enqueue_unbounded(uvq_queue_t* q,
+                                             uvq_event_t* ev) {
+  uint64_t old = atomic_fetch_add(&q->state_, UVQ__ONE);
+  if (UVQ__UNLIKELY(old & UVQ__CLOSED))
+    return UVQ_ECLOSED;
+  uvq__wake(q, old);
+  uvq__push(q, ev);
+  return 0;
+}
+
+/* Bounded (lock-free unless UVQ_DROP_OLDEST): one compare-and-swap that
+ * checks closed and capacity and takes the ticket, then the same link. */
+static UVQ__INLINE int uvq__enqueue_bounded(uvq_queue_t* q, uvq_event_t* ev,
+                                           int may_wait, uint64_t deadline) {
   uint64_t old;
   int r;
 
-  if (q->capacity_ == 0) {
-    old = atomic_fetch_add(&q->state_, UVQ__ONE);
-    if (UVQ__UNLIKELY(old & UVQ__CLOSED))
-      return UVQ_ECLOSED;
-    uvq__wake(q, old);
-    uvq__push(q, ev);
-    return 0;
-  }
   if (UVQ__UNLIKELY(q->flags_ & UVQ__FLAG_LOCKED))
     return uvq__enqueue_locked(q, ev);
+  /* A blocking call on the loop thread would wait for itself: refuse it
+   * every time, not only when the queue happens to be full. */
+  if (may_wait && q->overflow_ == UVQ_BLOCK &&
+      UVQ__UNLIKELY(q->loop_thread_ == uvq__thread_id()))
+    return UVQ_EDEADLK;
   r = uvq__bounded_ticket(q, &old);
   if (UVQ__UNLIKELY(r == UVQ_EFULL))
     return uvq__full(q, ev, may_wait, deadline);
@@ -275,23 +291,20 @@ static inline int uvq__enqueue(uvq_queue_t* q, uvq_event_t* ev, int may_wait,
   return 0;
 }
 
-/* Blocking variants on the loop thread would wait for themselves. */
-static inline int uvq__may_block(const uvq_queue_t* q) {
-  return q->capacity_ != 0 && q->overflow_ == UVQ_BLOCK;
-}
-
 int uvq_queue_enqueue(uvq_queue_t* q, uvq_event_t* ev) {
   if (UVQ__UNLIKELY(q == NULL || ev == NULL))
     return UVQ_EINVAL;
-  if (uvq__may_block(q) && uvq__on_thread(q->loop_thread_))
-    return UVQ_EDEADLK;
-  return uvq__enqueue(q, ev, 1, 0);
+  if (UVQ__LIKELY(q->capacity_ == 0))
+    return uvq__enqueue_unbounded(q, ev);
+  return uvq__enqueue_bounded(q, ev, 1, 0);
 }
 
 int uvq_queue_try_enqueue(uvq_queue_t* q, uvq_event_t* ev) {
   if (UVQ__UNLIKELY(q == NULL || ev == NULL))
     return UVQ_EINVAL;
-  return uvq__enqueue(q, ev, 0, 0);
+  if (UVQ__LIKELY(q->capacity_ == 0))
+    return uvq__enqueue_unbounded(q, ev);
+  return uvq__enqueue_bounded(q, ev, 0, 0);
 }
 
 int uvq_queue_enqueue_timeout(uvq_queue_t* q, uvq_event_t* ev,
@@ -299,15 +312,13 @@ int uvq_queue_enqueue_timeout(uvq_queue_t* q, uvq_event_t* ev,
   uint64_t deadline;
   if (q == NULL || ev == NULL || timeout_ms < 0)
     return UVQ_EINVAL;
-  if (timeout_ms == 0)
-    return uvq__enqueue(q, ev, 0, 0);
-  if (uvq__may_block(q) && uvq__on_thread(q->loop_thread_))
-    return UVQ_EDEADLK;
+  if (timeout_ms == 0 || q->capacity_ == 0)
+    return uvq_queue_try_enqueue(q, ev);
   if ((uint64_t) timeout_ms > (UINT64_MAX - uv_hrtime()) / 1000000)
     deadline = 0; /* beyond the end of time: wait forever */
   else
     deadline = uv_hrtime() + (uint64_t) timeout_ms * 1000000;
-  return uvq__enqueue(q, ev, 1, deadline);
+  return uvq__enqueue_bounded(q, ev, 1, deadline);
 }
 
 /* -- stop ----------------------------------------------------------------- */
@@ -382,16 +393,42 @@ static void uvq__dst_ready(uvq_sink_t* dst, void* arg) {
     uv_async_send(&q->async_);
 }
 
-static inline uvq_event_t* uvq__pop_any(uvq_queue_t* q) {
+static UVQ__NOINLINE uvq_event_t* uvq__pop_locked(uvq_queue_t* q) {
   uvq_event_t* ev;
-  if (!(q->flags_ & UVQ__FLAG_LOCKED))
-    return uvq__pop(q);
   uv_mutex_lock(&q->lock_);
   ev = uvq__pop(q);
   if (ev != NULL)
     atomic_fetch_add(&q->removed_, 1);
   uv_mutex_unlock(&q->lock_);
   return ev;
+}
+
+static UVQ__INLINE uvq_event_t* uvq__pop_any(uvq_queue_t* q) {
+  if (UVQ__UNLIKELY(q->flags_ & UVQ__FLAG_LOCKED))
+    return uvq__pop_locked(q);
+  return uvq__pop(q);
+}
+
+/* Nothing visible, but was anything accepted that we have not seen? Then a
+ * producer is between its ticket and its link, a window of a few
+ * instructions: wait for it briefly rather than pay a trip around the loop
+ * (an eventfd write and an epoll_wait). A producer preempted in the window
+ * is left to the re-armed pass. */
+static UVQ__NOINLINE uvq_event_t* uvq__pop_in_flight(uvq_queue_t* q,
+                                                     uint64_t removed) {
+  int spins;
+  /* Under the lock (UVQ_DROP_OLDEST) nobody is ever half-linked. */
+  if ((q->flags_ & UVQ__FLAG_LOCKED) ||
+      UVQ__COUNT(UVQ__LOAD(&q->state_, relaxed)) == removed)
+    return NULL;
+  for (spins = 0; spins < 256; spins++) {
+    uvq_event_t* ev;
+    uvq__cpu_relax();
+    ev = uvq__pop_any(q);
+    if (ev != NULL)
+      return ev;
+  }
+  return NULL;
 }
 
 /* Tell producers blocked for room that there may be some. */
@@ -438,6 +475,7 @@ static void uvq__async_cb(uv_async_t* handle) {
   uint64_t stop_count = UVQ__LOAD(&q->stop_count_, acquire);
   int locked = q->flags_ & UVQ__FLAG_LOCKED;
   int bounded = q->capacity_ != 0;
+  uvq_process_cb process = q->process_; /* NULL: we feed a sink */
   uint64_t removed = atomic_load(&q->removed_);
   uint64_t accepted = UVQ__COUNT(atomic_load(&q->state_));
   uvq__pass_t p = {0, 0, 0};
@@ -465,24 +503,36 @@ static void uvq__async_cb(uv_async_t* handle) {
     }
   }
 
-  while (!paused && n < q->batch_) {
-    uvq_event_t* ev = uvq__pop_any(q);
-    if (ev == NULL)
-      break;
-    n++;
-    if (bounded && !locked) /* room for producers while we deliver */
-      UVQ__STORE(&q->removed_, removed + n, release);
-    /* Checked per event: a discard stop (even one made by the callback just
-     * run) must not wait for the end of the batch. */
-    if (UVQ__UNLIKELY(UVQ__LOAD(&q->stop_mode_, relaxed) & UVQ__STOP_DISCARD)) {
-      p.discarded++;
-      uvq__release(q, ev);
-    } else if (q->sink_ == NULL) {
-      p.delivered++;
-      q->process_(q, ev);
-    } else {
-      paused = uvq__to_sink(q, ev, &p);
+  if (!paused) {
+    unsigned batch = q->batch_;
+    int publish = bounded && !locked;
+    uint64_t dropped = 0;
+    while (n < batch) {
+      uvq_event_t* ev = uvq__pop_any(q);
+      if (UVQ__UNLIKELY(ev == NULL)) {
+        ev = uvq__pop_in_flight(q, removed + n);
+        if (ev == NULL)
+          break;
+      }
+      n++;
+      if (publish) /* room for producers while we deliver */
+        UVQ__STORE(&q->removed_, removed + n, release);
+      /* Checked per event: a discard stop (even one made by the callback
+       * just run) must not wait for the end of the batch. */
+      if (UVQ__UNLIKELY(UVQ__LOAD(&q->stop_mode_, relaxed) &
+                        UVQ__STOP_DISCARD)) {
+        dropped++;
+        uvq__release(q, ev);
+      } else if (UVQ__LIKELY(process != NULL)) {
+        process(q, ev);
+      } else if (uvq__to_sink(q, ev, &p)) {
+        paused = 1;
+        break;
+      }
     }
+    p.discarded += dropped;
+    if (process != NULL)
+      p.delivered = n - dropped;
   }
   uvq__bump(&q->delivered_, p.delivered);
   uvq__bump(&q->discarded_, p.discarded);
@@ -589,7 +639,7 @@ static int uvq__init(uv_loop_t* loop, uvq_queue_t* q, uvq_process_cb process,
 
   memset((char*) q + sizeof(q->data), 0, sizeof(*q) - sizeof(q->data));
   q->loop_ = loop;
-  q->loop_thread_ = uv_thread_self();
+  q->loop_thread_ = uvq__thread_id();
   q->process_ = process;
   q->sink_ = dst;
   q->release_ = o.release;
@@ -653,7 +703,7 @@ int uvq_queue_init_sink(uv_loop_t* loop, uvq_queue_t* q, uvq_sink_t* dst,
 static int uvq__loop_call(uvq_queue_t* q) {
   if (q == NULL)
     return UVQ_EINVAL;
-  if (!uvq__on_thread(q->loop_thread_))
+  if (q->loop_thread_ != uvq__thread_id())
     return UVQ_ETHREAD;
   if (UVQ__LOAD(&q->phase_, relaxed) != UVQ__RUNNING)
     return UVQ_ECLOSED;
