@@ -61,7 +61,7 @@ extern "C" {
 #define UVQ_ERRNO_MAP(XX)                                                    \
   XX(EINVAL, UV_EINVAL, "invalid argument")                                  \
   XX(ENOMEM, UV_ENOMEM, "not enough memory")                                 \
-  XX(EAGAIN, UV_EAGAIN, "not now: the sink will signal when ready")          \
+  XX(EAGAIN, UV_EAGAIN, "not now: try again later")                         \
   XX(ETIMEDOUT, UV_ETIMEDOUT, "timed out")                                   \
   XX(EBUSY, UV_EBUSY, "resource busy")                                       \
   XX(EEXIST, UV_EEXIST, "already present")                                   \
@@ -351,7 +351,6 @@ struct uvq_queue_s {
   void (*error_)(uvq_queue_t* q, uvq_event_t* ev, int err);
   uvq_sink_t face_;       /* uvq_queue_sink(): the queue as a sink */
   int face_waiting_;      /* a face write got UVQ_EAGAIN: tell it when room */
-  UVQ__ATOMIC(int) face_used_;
   uvq_event_t stub_;
 };
 
@@ -375,15 +374,18 @@ UVQ_EXTERN int uvq_queue_init(uv_loop_t* loop, uvq_queue_t* q,
  * Ownership: on 0 the queue owns ev until it is delivered or released; ev
  * must not be in another queue or channel. On any error the caller still
  * owns ev and nothing happened to it.
- * Returns 0; UVQ_EINVAL (NULL q or ev); UVQ_ECLOSED (stop was requested,
- * including while waiting); UVQ_EFULL (UVQ_FAIL policy); UVQ_EDEADLK. */
+ * Returns 0; UVQ_EINVAL (NULL q or ev, or q never initialised: a
+ * zero-filled queue is detected, other garbage cannot be); UVQ_ECLOSED (stop
+ * was requested, including while waiting); UVQ_EFULL (UVQ_FAIL policy);
+ * UVQ_EDEADLK. */
 UVQ_EXTERN int uvq_queue_enqueue(uvq_queue_t* q, uvq_event_t* ev);
 /* As uvq_queue_enqueue, but never blocks: a full UVQ_BLOCK queue gives
  * UVQ_EFULL. Any thread, including the loop thread. */
 UVQ_EXTERN int uvq_queue_try_enqueue(uvq_queue_t* q, uvq_event_t* ev);
 /* As uvq_queue_enqueue, but waits at most timeout_ms milliseconds for room
- * (0: do not wait; negative: UVQ_EINVAL). Returns UVQ_ETIMEDOUT when no room
- * came in time (the caller keeps ev). Any thread; UVQ_EDEADLK on the loop
+ * (negative: UVQ_EINVAL). Returns UVQ_ETIMEDOUT when no room came in time
+ * (the caller keeps ev). 0 behaves exactly as uvq_queue_try_enqueue: a full
+ * UVQ_BLOCK queue gives UVQ_EFULL. Any thread; UVQ_EDEADLK on the loop
  * thread of a bounded UVQ_BLOCK queue, whatever the timeout, unless it is 0. */
 UVQ_EXTERN int uvq_queue_enqueue_timeout(uvq_queue_t* q, uvq_event_t* ev,
                                          int64_t timeout_ms);
@@ -395,24 +397,27 @@ UVQ_EXTERN int uvq_queue_enqueue_timeout(uvq_queue_t* q, uvq_event_t* ev,
  * accepted before the stop, discard mode releases them; then the async
  * handle is closed and cb (may be NULL) runs once.
  * A second call is harmless: it returns 0, may turn a drain stop into a
- * discard stop, and its cb is ignored.
+ * discard stop, and its cb is ignored. A stop references the queue again
+ * (uv_ref) so that an unreferenced queue still reaches its close callback:
+ * at once when called on the loop thread, otherwise at the next drain pass.
  * Warning: after cb has run, the queue's memory may be gone: every thread
  * must be done calling into the queue before the user frees it (join
  * producers first, as with uv_async_send and uv_close).
- * Returns 0, or UVQ_EINVAL (NULL q, unknown mode). */
+ * Returns 0, or UVQ_EINVAL (NULL q, unknown mode, q never initialised). */
 UVQ_EXTERN int uvq_queue_stop(uvq_queue_t* q, uvq_stop_mode_t mode,
                               uvq_queue_close_cb cb);
 
 /* uv_ref / uv_unref on the queue's handle: an unreferenced queue does not
  * keep uv_run alive, even while events are pending (they are delivered when
- * the loop runs again). Loop thread. Returns 0, or UVQ_EINVAL (NULL q),
- * UVQ_ETHREAD (another thread), UVQ_ECLOSED (the close already began). */
+ * the loop runs again). Loop thread. Returns 0, or UVQ_EINVAL (NULL or
+ * never initialised q), UVQ_ETHREAD (another thread), UVQ_ECLOSED (the
+ * close already began). */
 UVQ_EXTERN int uvq_queue_ref(uvq_queue_t* q);
 UVQ_EXTERN int uvq_queue_unref(uvq_queue_t* q);
 
 /* Copy the counters into *out: each field is read atomically (the set is not
  * one snapshot while producers run). Any thread, until the close callback.
- * Returns 0, or UVQ_EINVAL (NULL q or out). */
+ * Returns 0, or UVQ_EINVAL (NULL q or out, q never initialised). */
 UVQ_EXTERN int uvq_queue_stats(const uvq_queue_t* q, uvq_queue_stats_t* out);
 
 /* -- Queue and sinks ------------------------------------------------------ */
@@ -452,14 +457,518 @@ UVQ_EXTERN int uvq_queue_init_sink(uv_loop_t* loop, uvq_queue_t* q,
  * stops; UVQ_EAGAIN when a UVQ_BLOCK queue is full (it calls
  * uvq_sink_ready() when room frees); UVQ_EFULL when a UVQ_FAIL queue is
  * full. The sink's close callback runs just before the queue's.
+ * Delivery: a queue feeding a sink writes the original event; a queue with
+ * a process callback passes it the original event together with one
+ * reference, which the callback owns and drops with uvq_event_unref().
  * Any thread may call this getter; the sink itself is loop thread only.
- * Returns NULL for a NULL q. */
+ * Returns NULL for a NULL or never initialised q. */
 UVQ_EXTERN uvq_sink_t* uvq_queue_sink(uvq_queue_t* q);
 
 
-/* @@UVQ-BROADCAST-FILTER-RETRY@@ broadcaster, filter, retrying sink. */
+/* ------------------------------------------------------------------------ */
+/* Broadcaster, filter, retrying sink (loop thread only)                    */
+/* ------------------------------------------------------------------------ */
 
-/* @@UVQ-CHANNEL@@ channel and channel sink. */
+/* Each of these IS a sink: its public `sink` member is what you write to,
+ * close, attach an upstream to (uvq_sink_set_ready_cb) or add to another
+ * broadcaster. Its close callback receives &x->sink; *_init sets
+ * x->sink.data to x so the callback can find its object (overwrite it if you
+ * prefer). The thread contract of the Sinks section applies: every function
+ * and callback here is "loop thread".
+ *
+ * Downstream sinks: a broadcaster, filter or retrying sink becomes the one
+ * upstream of each sink it writes to (it calls uvq_sink_set_ready_cb on it),
+ * so a sink that already has another upstream is refused with UVQ_EBUSY.
+ * Closing one of these closes its downstream sinks, with close callbacks of
+ * its own: its close callback runs once every downstream close completed,
+ * and from then on the downstream sinks may be freed too. A downstream sink
+ * that was already closing or closed when that close began is not waited
+ * for (whoever closed it is told by its own close callback). If the object
+ * had answered UVQ_EAGAIN to its upstream and not yet signalled ready, its
+ * close calls uvq_sink_ready() on it once, so the upstream offers its event
+ * again and learns UVQ_ECLOSED instead of waiting forever.
+ *
+ * Re-entrancy: a downstream sink's write may call add, remove or close on
+ * the object writing to it; those are handled safely (see each one). A write
+ * into a broadcaster or retrying sink from inside its own downstream write
+ * returns UVQ_EBUSY (taking it would reorder events; a filter just passes
+ * it on): do not feed a pipeline from its own tail. */
+
+/* -- Broadcaster ---------------------------------------------------------- */
+
+typedef struct uvq_broadcast_s uvq_broadcast_t;
+
+typedef struct {
+  uint64_t written;    /* events the broadcaster took (its write returned 0) */
+  uint64_t deliveries; /* sink writes that returned 0 */
+  uint64_t failures;   /* sink writes that failed with another error: that
+                          sink missed that event; the others did not */
+  uint64_t removed;    /* sinks removed automatically after UVQ_ECLOSED */
+  uint64_t abandoned;  /* (sink, event) pairs lost because the sink was
+                          removed, or the broadcaster closed, while the
+                          event was still on its way to it (not yet
+                          written, or waiting after UVQ_EAGAIN) */
+  uint64_t sinks;      /* sinks attached now (a gauge, not a counter) */
+} uvq_broadcast_stats_t;
+
+/* Fan-out: writes each event to every sink, in the order they were added,
+ * sharing the one event (never copied).
+ *
+ * Ownership: the broadcaster borrows the event like any sink. When every
+ * sink took it at once, the broadcaster holds no reference after its write
+ * returns. When a sink returns UVQ_EAGAIN, the broadcaster takes one
+ * reference (uvq_event_ref), still returns 0 (the event is taken: the other
+ * sinks already have it, so the writer must not offer it again), and
+ * becomes busy: its writes return UVQ_EAGAIN until every waiting sink
+ * signalled ready and took the event (or was removed). Then it drops its
+ * reference and calls uvq_sink_ready(&b->sink), so an upstream such as a
+ * queue resumes. No sink ever gets an event twice, and each sink sees the
+ * events in the order the broadcaster took them.
+ *
+ * Errors from a sink: UVQ_ECLOSED removes that sink (counted in removed);
+ * any other error only means that sink missed that event (counted in
+ * failures); the broadcaster's write still returns 0.
+ *
+ * Changes during a fan-out (a sink's write calling add or remove): a sink
+ * removed is never written to again, not even for the event in progress; a
+ * sink added gets the events written after the one in progress; every other
+ * sink gets the event in progress exactly once, in order (no skip, no
+ * duplicate). Closing the broadcaster from inside a sink's write ends the
+ * fan-out after that write returns (the sinks not yet written to never get
+ * that event: counted in abandoned), then closes every sink.
+ *
+ * Close (uvq_sink_close(&b->sink, cb)) closes every sink and runs cb when
+ * the last of those closes completed: before uvq_sink_close returns when
+ * they all close at once, and, when requested from inside a sink's write,
+ * possibly before the outer uvq_sink_write(&b->sink) returns. A fan-out
+ * still waiting after UVQ_EAGAIN ends there (abandoned, reference dropped):
+ * "taken" is not "delivered", so let the broadcaster go idle (its ready
+ * callback) before closing it if every sink must get every event.
+ *
+ * Warning: the broadcaster keeps a pointer to each sink until the sink is
+ * removed (explicitly, or after it returned UVQ_ECLOSED) or the broadcaster's
+ * close completed: remove a sink before you free it. */
+struct uvq_broadcast_s {
+  void* data; /* the user's */
+  uvq_sink_t sink; /* the broadcaster as a sink: write and close this */
+  /* private */
+  struct uvq__bentry_s* entries_;
+  size_t count_; /* slots used, removed ones included until compacted */
+  size_t cap_;
+  size_t holes_; /* slots removed during a fan-out, compacted after it */
+  uvq_event_t* ev_; /* the event being fanned out, NULL when idle */
+  unsigned closes_left_;
+  unsigned flags_;
+  uvq_broadcast_stats_t stats_;
+};
+
+/* Initialise an empty broadcaster. Loop thread: the calling thread becomes
+ * its thread. b is the caller's memory; it must not move, and may be freed
+ * only in or after the close callback of uvq_sink_close(&b->sink, cb), which
+ * is also the only thing that frees the sink list.
+ * Returns 0, or UVQ_EINVAL (NULL b). Allocates nothing. */
+UVQ_EXTERN int uvq_broadcast_init(uvq_broadcast_t* b);
+
+/* Append sink to the broadcaster, which becomes its upstream. Adding a sink
+ * that is already there does nothing and returns 0 (idempotent, like
+ * go-events). Takes effect from the next event the broadcaster takes (a
+ * fan-out in progress or waiting on UVQ_EAGAIN does not reach it). Loop
+ * thread. May allocate: the list grows with realloc.
+ * Ownership: sink stays the caller's; the broadcaster keeps a pointer to it
+ * until it is removed or the broadcaster closed (see the warning above).
+ * Returns 0; UVQ_EINVAL (NULL b or sink, or sink is &b->sink); UVQ_ETHREAD
+ * (not the loop thread of b or of sink); UVQ_ECLOSED (b is closing or
+ * closed, or sink is); UVQ_EBUSY (sink has another upstream); UVQ_ENOMEM
+ * (nothing changed). */
+UVQ_EXTERN int uvq_broadcast_add(uvq_broadcast_t* b, uvq_sink_t* sink);
+
+/* Remove sink: the broadcaster never touches it again once this returns, and
+ * detaches itself as its upstream. The sink is not closed. If the sink was
+ * the last one the event in progress waited for, that fan-out completes
+ * here: the broadcaster drops its reference and calls
+ * uvq_sink_ready(&b->sink) before this returns. Loop thread. Allocates
+ * nothing.
+ * Returns 0; UVQ_EINVAL (NULL b or sink); UVQ_ETHREAD; UVQ_ECLOSED (b is
+ * closing or closed: its close takes care of every sink); UVQ_ENOENT (sink
+ * is not in b). */
+UVQ_EXTERN int uvq_broadcast_remove(uvq_broadcast_t* b, uvq_sink_t* sink);
+
+/* Copy the counters into *out. Loop thread; valid until b is freed, also
+ * after close. Returns 0, or UVQ_EINVAL (NULL b or out), UVQ_ETHREAD. */
+UVQ_EXTERN int uvq_broadcast_stats(const uvq_broadcast_t* b,
+                                   uvq_broadcast_stats_t* out);
+
+/* -- Filter --------------------------------------------------------------- */
+
+typedef struct uvq_filter_s uvq_filter_t;
+
+/* Return nonzero to pass ev on to the destination, 0 to drop it. Runs on the
+ * loop thread, inside the filter's write; ev is borrowed for the call. It
+ * must not close the filter. */
+typedef int (*uvq_match_cb)(const uvq_event_t* ev, void* arg);
+
+typedef struct {
+  uint64_t matched;   /* events passed on to dst (whatever dst returned) */
+  uint64_t unmatched; /* events the matcher refused: taken and not passed */
+} uvq_filter_stats_t;
+
+/* Passes the events its matcher accepts on to dst and returns dst's result
+ * (0, UVQ_EAGAIN, UVQ_ECLOSED or another error), so flow control is exact:
+ * dst's readiness is forwarded with uvq_sink_ready(&f->sink). Events the
+ * matcher refuses are taken: write returns 0 and counts them; the filter
+ * never holds a reference (the writer releases its own as usual). Close
+ * closes dst; the filter's close completes when dst's does. If dst's write
+ * closes the filter and then answers UVQ_EAGAIN, the filter returns
+ * UVQ_ECLOSED instead (no ready would ever follow). */
+struct uvq_filter_s {
+  void* data; /* the user's */
+  uvq_sink_t sink; /* the filter as a sink */
+  /* private */
+  uvq_sink_t* dst_;
+  uvq_match_cb match_;
+  void* arg_;
+  int* guard_; /* set while dst's write runs */
+  unsigned flags_;
+  uvq_filter_stats_t stats_;
+};
+
+/* Initialise f in front of dst; f becomes dst's upstream. Loop thread: the
+ * calling thread becomes f's thread. f is the caller's memory (must not
+ * move; free it in or after its close callback); dst stays the caller's
+ * and must stay valid until f's close completed; arg is passed to match
+ * untouched. Allocates nothing.
+ * Returns 0; UVQ_EINVAL (NULL f, dst or match, or dst is &f->sink);
+ * UVQ_ETHREAD (dst lives on another thread); UVQ_ECLOSED (dst is closing or
+ * closed); UVQ_EBUSY (dst has another upstream). On error f is untouched
+ * and dst unchanged. */
+UVQ_EXTERN int uvq_filter_init(uvq_filter_t* f, uvq_sink_t* dst,
+                               uvq_match_cb match, void* arg);
+
+/* Copy the counters into *out. Loop thread; valid until f is freed.
+ * Returns 0, or UVQ_EINVAL (NULL f or out), UVQ_ETHREAD. */
+UVQ_EXTERN int uvq_filter_stats(const uvq_filter_t* f,
+                                uvq_filter_stats_t* out);
+
+/* -- Retrying sink -------------------------------------------------------- */
+
+typedef struct uvq_retry_s uvq_retry_t;
+typedef struct uvq_retry_strategy_s uvq_retry_strategy_t;
+
+/* A retry strategy: three functions and their state, copied by
+ * uvq_retry_init (state is not: it must outlive the retrying sink). Each
+ * function runs on the loop thread, inside the retrying sink, and must not
+ * call into that sink. Any of them may be NULL: no proceed means never wait,
+ * no failure means always retry, no success means nothing to do.
+ * Because everything runs on one thread, several retrying sinks on the same
+ * loop may share one strategy state (they then share its failure count). */
+struct uvq_retry_strategy_s {
+  /* How long to wait, in milliseconds, before the next attempt to write ev:
+   * called before the first attempt and after each failure that is retried.
+   * 0 means at once (the first attempt) or on the next loop iteration (a
+   * retry: a strategy that always says 0 cannot starve the loop). */
+  uint64_t (*proceed)(void* state, const uvq_event_t* ev);
+  /* The wrapped sink's write failed with err (neither UVQ_EAGAIN nor
+   * UVQ_ECLOSED). Return nonzero to drop ev, 0 to retry it. */
+  int (*failure)(void* state, const uvq_event_t* ev, int err);
+  /* The wrapped sink took ev. */
+  void (*success)(void* state, const uvq_event_t* ev);
+  void* state;
+};
+
+/* Breaker (go-events' Breaker): after `threshold` consecutive failures, wait
+ * until `backoff_ms` passed since the last failure; a success resets it; it
+ * never drops. The clock is uv_hrtime(). */
+typedef struct {
+  uvq_retry_strategy_t strategy; /* pass &br->strategy to uvq_retry_init */
+  /* private */
+  unsigned threshold_;
+  unsigned recent_;
+  uint64_t backoff_ms_;
+  uint64_t last_ns_;
+} uvq_breaker_t;
+
+/* go-events' defaults for uvq_backoff_init (0 selects them). */
+#define UVQ_BACKOFF_DEFAULT_FACTOR_MS 1000u
+#define UVQ_BACKOFF_DEFAULT_MAX_MS 20000u
+
+/* Exponential backoff with jitter (go-events' ExponentialBackoff): after n
+ * consecutive failures, wait a random time in [0, min(base + factor *
+ * 2^(n-1), max)) milliseconds; no failure, no wait; a success resets n; it
+ * never drops. The random numbers come from a small PRNG inside the struct
+ * (splitmix64), seeded by uvq_backoff_init: no global state, and a fixed
+ * seed gives a reproducible sequence of waits. */
+typedef struct {
+  uvq_retry_strategy_t strategy; /* pass &bo->strategy to uvq_retry_init */
+  /* private */
+  uint64_t base_ms_;
+  uint64_t factor_ms_;
+  uint64_t max_ms_;
+  uint64_t failures_;
+  uint64_t rng_;
+} uvq_backoff_t;
+
+typedef struct {
+  uint64_t written;   /* events the retrying sink took (write returned 0) */
+  uint64_t delivered; /* events the wrapped sink took */
+  uint64_t attempts;  /* writes to the wrapped sink */
+  uint64_t failures;  /* attempts that failed (not EAGAIN or ECLOSED) */
+  uint64_t retries;   /* failures the strategy chose to retry */
+  uint64_t dropped;   /* taken events released undelivered: by the strategy,
+                         by close during a backoff, or because the wrapped
+                         sink closed while an event waited */
+} uvq_retry_stats_t;
+
+/* Wraps dst and retries failed writes on a uv_timer_t, never blocking the
+ * loop. write(ev):
+ *   - proceed says 0 and dst takes ev: 0.
+ *   - dst returns UVQ_EAGAIN or UVQ_ECLOSED: that is returned (not taken);
+ *     dst's readiness is forwarded with uvq_sink_ready(&r->sink).
+ *   - dst fails and failure() says drop: 0 (taken and dropped, counted).
+ *   - proceed says wait, or dst fails and failure() says retry: the sink
+ *     takes a reference to ev and returns 0, then is busy: its writes return
+ *     UVQ_EAGAIN while it retries on its timer (dst's own UVQ_EAGAIN during
+ *     a retry waits for dst's ready). When ev is finally delivered or
+ *     dropped it drops its reference and calls uvq_sink_ready(&r->sink).
+ * So an upstream queue pauses while a backoff runs, and events keep their
+ * order. Close during a backoff stops the timer, releases the pending event
+ * (counted in dropped), closes dst (go-events forgets to) and closes the
+ * timer; the close callback runs after both closes completed, on a later
+ * loop iteration. Later writes return UVQ_ECLOSED.
+ * Warning: the retrying sink's timer is a libuv handle: close the sink
+ * before uv_loop_close(), and keep the loop running until its close
+ * callback has run. */
+struct uvq_retry_s {
+  void* data; /* the user's */
+  uvq_sink_t sink; /* the retrying sink as a sink */
+  /* private */
+  uv_timer_t timer_;
+  uvq_sink_t* dst_;
+  uvq_retry_strategy_t strategy_;
+  uvq_event_t* pending_;
+  unsigned closes_left_;
+  unsigned flags_;
+  uvq_retry_stats_t stats_;
+};
+
+/* Initialise r in front of dst with a copy of *strategy; r becomes dst's
+ * upstream and owns a uv_timer_t on loop. Loop thread: the calling thread
+ * becomes r's thread and must be loop's thread. r is the caller's memory
+ * (must not move; free it in or after its close callback); dst stays the
+ * caller's and must stay valid until r's close completed; strategy is read
+ * during the call, strategy->state must outlive r. Allocates nothing.
+ * Returns 0; UVQ_EINVAL (NULL loop, r, dst or strategy, or dst is
+ * &r->sink); UVQ_ETHREAD (dst lives on another thread); UVQ_ECLOSED (dst is
+ * closing or closed); UVQ_EBUSY (dst has another upstream); a libuv error
+ * if the timer cannot be initialised. On error nothing is left to clean
+ * up. */
+UVQ_EXTERN int uvq_retry_init(uv_loop_t* loop, uvq_retry_t* r,
+                              uvq_sink_t* dst,
+                              const uvq_retry_strategy_t* strategy);
+
+/* Copy the counters into *out. Loop thread; valid until r is freed.
+ * Returns 0, or UVQ_EINVAL (NULL r or out), UVQ_ETHREAD. */
+UVQ_EXTERN int uvq_retry_stats(const uvq_retry_t* r, uvq_retry_stats_t* out);
+
+/* Set up a breaker and its br->strategy. Any thread, before use (the
+ * strategy then runs on the retrying sink's loop thread).
+ * Returns 0, or UVQ_EINVAL (NULL br). threshold 0 means: wait after any
+ * failure. */
+UVQ_EXTERN int uvq_breaker_init(uvq_breaker_t* br, unsigned threshold,
+                                uint64_t backoff_ms);
+
+/* Set up an exponential backoff and its bo->strategy. factor_ms 0 and
+ * max_ms 0 select go-events' defaults (UVQ_BACKOFF_DEFAULT_*); base_ms is
+ * taken as given. seed 0 seeds the PRNG from uv_hrtime() and bo's address
+ * (different per sink and run); any other value gives a reproducible
+ * sequence. Any thread, before use.
+ * Returns 0, or UVQ_EINVAL (NULL bo). */
+UVQ_EXTERN int uvq_backoff_init(uvq_backoff_t* bo, uint64_t base_ms,
+                                uint64_t factor_ms, uint64_t max_ms,
+                                uint64_t seed);
+
+/* ------------------------------------------------------------------------ */
+/* Channel: any thread sends, any thread receives                           */
+/* ------------------------------------------------------------------------ */
+
+/* A bounded buffer of events between threads, like a Go buffered channel,
+ * and the bridge from the loop to worker threads (the loop writes through a
+ * channel sink, below, and never blocks).
+ *
+ * Thread contract of this section, once:
+ *   - send and receive (every variant) and uvq_channel_close: any thread, any
+ *     number of threads at once (many senders, many receivers).
+ *   - The blocking variants (uvq_channel_send, uvq_channel_recv, and the
+ *     _timeout ones with a timeout > 0) must not be called on a loop thread:
+ *     the loop never blocks. A channel belongs to no loop, so it cannot catch
+ *     every such call; when a channel sink is attached, blocking calls made on
+ *     that sink's loop thread return UVQ_EDEADLK (whether or not they would
+ *     have had to wait). On a loop thread use the try variants or the sink.
+ *   - uvq_channel_init and uvq_channel_destroy: one thread, while no other
+ *     thread can call into the channel.
+ *   - The channel sink: its loop thread (see "Sinks").
+ * Order: events are received in the order their sends took effect. With one
+ * receiver, each sender's events arrive in that sender's order; with several,
+ * each receiver still sees each sender's events in that sender's order.
+ *
+ * Ownership: the channel never reads or writes an event: not its payload,
+ * not its link, not its reference count. It stores the pointer in a ring
+ * allocated by uvq_channel_init. A successful send hands the sender's
+ * ownership to the channel, and a successful receive hands it to the
+ * receiver; on any error the caller keeps what it had. Because the link is
+ * not used, one reference-counted event may sit in several channels at once
+ * (a broadcaster feeding several channel sinks), each holding a reference.
+ *
+ * Close: after uvq_channel_close returns, every send fails with UVQ_ECLOSED,
+ * every time, even when the buffer has room (closed always wins), and
+ * senders blocked on a full channel wake with UVQ_ECLOSED. Receivers first
+ * get every event sent before the close, then UVQ_ECLOSED.
+ *
+ * Lifetime: init, use from any threads, close (optional), join every thread
+ * that used the channel, take out what is left (uvq_channel_try_recv until
+ * UVQ_ECLOSED or UVQ_EAGAIN), destroy. A destroyed channel, or one whose
+ * memory was zeroed and never initialised, is "not initialised": every call
+ * on it returns UVQ_EINVAL. */
+
+typedef struct uvq_channel_s uvq_channel_t;
+typedef struct uvq_channel_sink_s uvq_channel_sink_t;
+
+/* The largest capacity uvq_channel_init accepts (each slot takes 16 bytes). */
+#define UVQ_CHANNEL_MAX_CAPACITY (SIZE_MAX / 16)
+
+struct uvq_channel_s {
+  void* data; /* the user's */
+  /* private */
+  void* slots_;
+  uint64_t capacity_;
+  uint64_t mask_;
+  int pow2_;
+  UVQ__ATOMIC(int) has_sink_;
+  UVQ__ATOMIC(uv_thread_t) sink_thread_;
+  uvq_channel_sink_t* sink_;
+  uv_mutex_t lock_;
+  uv_cond_t send_cond_;
+  uv_cond_t recv_cond_;
+  /* Read by both sides after every operation, written only on slow paths. */
+  UVQ__ALIGNAS(UVQ__CACHELINE) UVQ__ATOMIC(uint64_t) send_waiters_;
+  UVQ__ATOMIC(uint64_t) recv_waiters_;
+  /* Senders' line: position << 1 | closed. */
+  UVQ__ALIGNAS(UVQ__CACHELINE) UVQ__ATOMIC(uint64_t) tail_;
+  /* Receivers' line. */
+  UVQ__ALIGNAS(UVQ__CACHELINE) UVQ__ATOMIC(uint64_t) head_;
+};
+
+/* Initialise ch with room for capacity events. Allocates the ring with
+ * malloc (16 bytes per slot), and a mutex and two condition variables for
+ * the slow paths; nothing else ever allocates. One thread, before any other
+ * uses ch. ch is the caller's memory; it must not move until
+ * uvq_channel_destroy. Its data field is left alone.
+ * Returns 0; UVQ_EINVAL (NULL ch, capacity 0 or above
+ * UVQ_CHANNEL_MAX_CAPACITY); UVQ_ENOMEM (the ring could not be allocated);
+ * a libuv error when the mutex or a condition variable cannot be created.
+ * On error nothing is left allocated and ch must not be used. */
+UVQ_EXTERN int uvq_channel_init(uvq_channel_t* ch, size_t capacity);
+
+/* Close the channel. Any thread, any number of times (later calls return 0
+ * and do nothing). From the moment it returns, every send returns
+ * UVQ_ECLOSED and blocked senders wake with it; receivers drain what is left
+ * and then get UVQ_ECLOSED; an attached channel sink's writes return
+ * UVQ_ECLOSED (and a sink that said UVQ_EAGAIN is told it is ready, so its
+ * upstream retries and learns it). Events still inside stay there, owned by
+ * the channel, until received.
+ * Returns 0, or UVQ_EINVAL (NULL ch, not initialised or destroyed). */
+UVQ_EXTERN int uvq_channel_close(uvq_channel_t* ch);
+
+/* Free what uvq_channel_init allocated. ch may be closed or not. One thread:
+ * every thread must have returned from every call on ch (join them), and an
+ * attached channel sink must have begun its close. Threads still blocked in
+ * ch and events still inside are detected and refused; a thread in the
+ * middle of a non-blocking call cannot be, so joining is the caller's duty.
+ * After 0, ch's memory is the caller's again; calls on it (if the memory is
+ * still there) return UVQ_EINVAL.
+ * Returns 0; UVQ_EINVAL (NULL ch, not initialised or already destroyed);
+ * UVQ_EBUSY (events remain: receive them first; or a thread is blocked in
+ * ch; or a channel sink is attached): nothing changed. */
+UVQ_EXTERN int uvq_channel_destroy(uvq_channel_t* ch);
+
+/* Send ev, waiting while the channel is full. Any thread except a loop
+ * thread (see the contract above). Allocates nothing.
+ * Ownership: on 0 the channel owns ev until a receiver takes it; on any
+ * error the caller still owns ev and nothing happened to it.
+ * Returns 0; UVQ_EINVAL (NULL ch or ev, ch not initialised or destroyed);
+ * UVQ_ECLOSED (closed before the call or while waiting); UVQ_EDEADLK (on
+ * the loop thread of the attached channel sink). */
+UVQ_EXTERN int uvq_channel_send(uvq_channel_t* ch, uvq_event_t* ev);
+/* As uvq_channel_send, but never waits: UVQ_EFULL when there is no room.
+ * Any thread, including loop threads. */
+UVQ_EXTERN int uvq_channel_try_send(uvq_channel_t* ch, uvq_event_t* ev);
+/* As uvq_channel_send, but waits at most timeout_ms milliseconds for room:
+ * UVQ_ETIMEDOUT when none came in time (the caller keeps ev). A timeout of
+ * 0 is uvq_channel_try_send (UVQ_EFULL, any thread); a negative one is
+ * UVQ_EINVAL. UVQ_EDEADLK as uvq_channel_send when timeout_ms > 0. */
+UVQ_EXTERN int uvq_channel_send_timeout(uvq_channel_t* ch, uvq_event_t* ev,
+                                        int64_t timeout_ms);
+
+/* Receive the oldest event into *out, waiting while the channel is empty.
+ * Any thread except a loop thread (see the contract above).
+ * Ownership: on 0 the caller owns *out (what the sender gave up: with a
+ * channel sink, one reference that the receiver must drop with
+ * uvq_event_unref). On any error *out is set to NULL (when out is not NULL).
+ * Returns 0; UVQ_EINVAL (NULL ch or out, ch not initialised or destroyed);
+ * UVQ_ECLOSED (closed and every event received: final); UVQ_EDEADLK (on
+ * the loop thread of the attached channel sink). */
+UVQ_EXTERN int uvq_channel_recv(uvq_channel_t* ch, uvq_event_t** out);
+/* As uvq_channel_recv, but never waits: UVQ_EAGAIN when no event can be
+ * taken now (empty, or the next send is still in progress). Any thread,
+ * including loop threads. */
+UVQ_EXTERN int uvq_channel_try_recv(uvq_channel_t* ch, uvq_event_t** out);
+/* As uvq_channel_recv, but waits at most timeout_ms milliseconds:
+ * UVQ_ETIMEDOUT when nothing came in time. A timeout of 0 is
+ * uvq_channel_try_recv (UVQ_EAGAIN, any thread); a negative one is
+ * UVQ_EINVAL. UVQ_EDEADLK as uvq_channel_recv when timeout_ms > 0. */
+UVQ_EXTERN int uvq_channel_recv_timeout(uvq_channel_t* ch, uvq_event_t** out,
+                                        int64_t timeout_ms);
+
+/* -- Channel sink: the loop writes into a channel without blocking ------- */
+
+/* Do not close the channel when the sink closes (by default closing the
+ * sink closes the channel, as go-events' Channel does, so that receivers
+ * drain and finish). */
+#define UVQ_CHANNEL_SINK_KEEP_OPEN 1u
+
+/* A sink (loop thread) in front of a channel (any thread receives).
+ *   write: takes a reference (uvq_event_ref) and puts the event in the
+ *     channel: 0. The receiver owns that reference and must drop it with
+ *     uvq_event_unref when done. When the channel is full: UVQ_EAGAIN and no
+ *     reference is kept; as soon as a receiver frees space, the sink is woken
+ *     on its loop thread through its uv_async_t and calls uvq_sink_ready(),
+ *     so the upstream retries (nothing lost or reordered). Once the channel
+ *     is closed (by anyone): UVQ_ECLOSED, every time.
+ *   close: detaches from the channel, closes it (unless
+ *     UVQ_CHANNEL_SINK_KEEP_OPEN), and closes the uv_async_t; the close
+ *     completes in that handle's close callback, on a later loop iteration.
+ *     Events already in the channel stay there for the receivers.
+ * Use &cs->sink with every uvq_sink_* function; cs->sink.data is yours. */
+struct uvq_channel_sink_s {
+  uvq_sink_t sink;
+  /* private */
+  uvq_channel_t* ch_;
+  uv_async_t async_;
+  unsigned flags_;
+};
+
+/* Initialise cs as the channel sink of ch on loop. Loop thread: the calling
+ * thread becomes the sink's thread, and blocking channel calls made on it
+ * return UVQ_EDEADLK until the sink closes. A channel has at most one
+ * channel sink at a time. cs is the caller's memory and must not move until
+ * its close callback; ch must stay initialised until then. flags: 0 or
+ * UVQ_CHANNEL_SINK_KEEP_OPEN. The channel may already be closed (writes
+ * then return UVQ_ECLOSED).
+ * Returns 0; UVQ_EINVAL (NULL loop, cs or ch, ch not initialised or
+ * destroyed, unknown flags); UVQ_EBUSY (ch already has a channel sink whose
+ * close has not begun); a libuv error from uv_async_init. On error nothing
+ * is left to close. */
+UVQ_EXTERN int uvq_channel_sink_init(uv_loop_t* loop, uvq_channel_sink_t* cs,
+                                     uvq_channel_t* ch, unsigned flags);
 
 #ifdef __cplusplus
 }

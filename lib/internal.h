@@ -29,15 +29,20 @@
 #define UVQ__LOAD(p, mo) atomic_load_explicit((p), memory_order_##mo)
 #define UVQ__STORE(p, v, mo) atomic_store_explicit((p), (v), memory_order_##mo)
 
-/* Queue state word: accepted count in the high bits, two flags below. */
+/* Queue state word: accepted count in the high bits, three flags below.
+ * INITED is set by init and never cleared, so a zero-filled (never
+ * initialised) queue is told apart by the same test that checks CLOSED. */
 #define UVQ__CLOSED ((uint64_t) 1)
 #define UVQ__ASLEEP ((uint64_t) 2)
-#define UVQ__ONE ((uint64_t) 4)
-#define UVQ__COUNT(s) ((s) >> 2)
+#define UVQ__INITED ((uint64_t) 4)
+#define UVQ__ONE ((uint64_t) 8)
+#define UVQ__COUNT(s) ((s) >> 3)
 
-/* stop_mode_ bits */
+/* stop_mode_ bits: what the drain loop must look at per event, in one word
+ * (the hot path pays one load for all of them). */
 #define UVQ__STOP_REQUESTED 1
 #define UVQ__STOP_DISCARD 2
+#define UVQ__FACE_USED 4 /* carriers may be queued (uvq_queue_sink) */
 
 /* stop_count_ before the stopper published it. */
 #define UVQ__UNPUBLISHED UINT64_MAX

@@ -14,7 +14,8 @@
  * One 64-bit state word carries, for the cost of a single atomic add per
  * enqueue, everything a producer must agree on with the others and with the
  * loop:
- *   bits 2..63  accepted: how many enqueues took effect (FIFO tickets);
+ *   bits 3..63  accepted: how many enqueues took effect (FIFO tickets);
+ *   bit 2       INITED: set by init, never cleared (a zeroed queue lacks it);
  *   bit 1       ASLEEP: the loop drained everything and waits for a wakeup;
  *   bit 0       CLOSED: stop was requested; an add that sees it is refused.
  * Because the loop knows how many events were accepted, it can tell "empty"
@@ -41,12 +42,15 @@
  * the mutex around list operations.
  */
 #include <limits.h>
+#include <sched.h>
 #include <stdlib.h>
 #include <string.h>
 
 #include "internal.h"
 
 #define UVQ__FLAG_LOCKED 1 /* UVQ_DROP_OLDEST: list ops under lock_ */
+#define UVQ__FULL_SPINS 128 /* a full producer looks again this often, */
+#define UVQ__FULL_YIELDS 4  /* then yields this often, then sleeps */
 
 _Thread_local char uvq__thread_marker;
 
@@ -120,10 +124,19 @@ static void uvq__carrier_release(uvq_event_t* ev) {
   free(c);
 }
 
+/* Hand over the carrier's reference to the inner event and free the
+ * carrier. */
+static uvq_event_t* uvq__unwrap(uvq_event_t* ev) {
+  uvq__carrier_t* c = UVQ__CONTAINER_OF(ev, uvq__carrier_t, ev);
+  uvq_event_t* inner = c->inner;
+  free(c);
+  return inner;
+}
+
 /* Only queues that were written through their sink face hold carriers; the
  * check keeps plain events (whose release_ field may be unset) unread. */
 static inline int uvq__is_carrier(uvq_queue_t* q, uvq_event_t* ev) {
-  return UVQ__LOAD(&q->face_used_, relaxed) &&
+  return (UVQ__LOAD(&q->stop_mode_, relaxed) & UVQ__FACE_USED) &&
          ev->release_ == uvq__carrier_release;
 }
 
@@ -143,8 +156,8 @@ static UVQ__INLINE int uvq__bounded_ticket(uvq_queue_t* q, uint64_t* old) {
      * and never wraps below zero (no false "full" that would wait forever). */
     uint64_t removed = atomic_load(&q->removed_);
     uint64_t s = atomic_load(&q->state_);
-    if (s & UVQ__CLOSED)
-      return UVQ_ECLOSED;
+    if (UVQ__UNLIKELY((s & (UVQ__CLOSED | UVQ__INITED)) != UVQ__INITED))
+      return (s & UVQ__INITED) ? UVQ_ECLOSED : UVQ_EINVAL;
     if (UVQ__COUNT(s) - removed >= q->capacity_)
       return UVQ_EFULL;
     if (atomic_compare_exchange_weak(&q->state_, &s, s + UVQ__ONE)) {
@@ -170,7 +183,10 @@ static inline void uvq__leave(uvq_queue_t* q) {
   atomic_fetch_sub(&q->inside_, 1);
 }
 
-/* UVQ_DROP_OLDEST: everything under the lock, the victim released after. */
+/* UVQ_DROP_OLDEST: everything under the lock, the victim released after.
+ * The ticket is taken first, by a compare-and-swap that refuses once CLOSED
+ * is set (stop sets it without the lock), so that no event is linked that
+ * the stop's count does not include. */
 static UVQ__NOINLINE int uvq__enqueue_locked(uvq_queue_t* q,
                                              uvq_event_t* ev) {
   uvq_event_t* victim = NULL;
@@ -180,11 +196,13 @@ static UVQ__NOINLINE int uvq__enqueue_locked(uvq_queue_t* q,
     return UVQ_ECLOSED;
   uv_mutex_lock(&q->lock_);
   s = atomic_load(&q->state_);
-  if (s & UVQ__CLOSED) {
-    uv_mutex_unlock(&q->lock_);
-    uvq__leave(q);
-    return UVQ_ECLOSED;
-  }
+  do {
+    if (s & UVQ__CLOSED) {
+      uv_mutex_unlock(&q->lock_);
+      uvq__leave(q);
+      return UVQ_ECLOSED;
+    }
+  } while (!atomic_compare_exchange_weak(&q->state_, &s, s + UVQ__ONE));
   if (UVQ__COUNT(s) - atomic_load(&q->removed_) >= q->capacity_) {
     victim = uvq__pop(q); /* under the lock nobody is half-linked */
     if (victim != NULL) {
@@ -192,7 +210,6 @@ static UVQ__NOINLINE int uvq__enqueue_locked(uvq_queue_t* q,
       atomic_fetch_add(&q->dropped_oldest_, 1);
     }
   }
-  s = atomic_fetch_add(&q->state_, UVQ__ONE);
   uvq__wake(q, s);
   uvq__push(q, ev);
   uv_mutex_unlock(&q->lock_);
@@ -207,6 +224,7 @@ static UVQ__NOINLINE int uvq__enqueue_locked(uvq_queue_t* q,
 static UVQ__NOINLINE int uvq__full(uvq_queue_t* q, uvq_event_t* ev,
                                    int may_wait, uint64_t deadline) {
   uint64_t old;
+  int spins;
   int r;
 
   if (q->overflow_ == UVQ_FAIL || (q->overflow_ == UVQ_BLOCK && !may_wait))
@@ -231,6 +249,19 @@ static UVQ__NOINLINE int uvq__full(uvq_queue_t* q, uvq_event_t* ev,
     return r;
   }
 
+  /* The loop publishes room after every event it removes, so room often
+   * comes within a microsecond: look again a few times, then give the core
+   * away a few times, before paying for a futex sleep and a broadcast. */
+  for (spins = 0; spins < UVQ__FULL_SPINS + UVQ__FULL_YIELDS; spins++) {
+    if (spins < UVQ__FULL_SPINS)
+      uvq__cpu_relax();
+    else
+      sched_yield();
+    r = uvq__bounded_ticket(q, &old);
+    if (r != UVQ_EFULL)
+      goto done;
+  }
+
   uv_mutex_lock(&q->lock_);
   for (;;) {
     r = uvq__bounded_ticket(q, &old);
@@ -248,6 +279,7 @@ static UVQ__NOINLINE int uvq__full(uvq_queue_t* q, uvq_event_t* ev,
     }
   }
   uv_mutex_unlock(&q->lock_);
+done:
   if (r == 0) {
     uvq__wake(q, old);
     uvq__push(q, ev);
@@ -260,8 +292,10 @@ static UVQ__NOINLINE int uvq__full(uvq_queue_t* q, uvq_event_t* ev,
 static UVQ__INLINE int uvq__enqueue_unbounded(uvq_queue_t* q,
                                              uvq_event_t* ev) {
   uint64_t old = atomic_fetch_add(&q->state_, UVQ__ONE);
-  if (UVQ__UNLIKELY(old & UVQ__CLOSED))
-    return UVQ_ECLOSED;
+  /* One test for both refusals; the add itself is harmless in either case
+   * (after a stop the count is no longer read, see stop_count_). */
+  if (UVQ__UNLIKELY((old & (UVQ__CLOSED | UVQ__INITED)) != UVQ__INITED))
+    return (old & UVQ__INITED) ? UVQ_ECLOSED : UVQ_EINVAL;
   uvq__wake(q, old);
   uvq__push(q, ev);
   return 0;
@@ -328,7 +362,8 @@ int uvq_queue_stop(uvq_queue_t* q, uvq_stop_mode_t mode,
   uint64_t s;
   int bits;
 
-  if (q == NULL || (mode != UVQ_STOP_DRAIN && mode != UVQ_STOP_DISCARD))
+  if (q == NULL || (mode != UVQ_STOP_DRAIN && mode != UVQ_STOP_DISCARD) ||
+      !(atomic_load(&q->state_) & UVQ__INITED))
     return UVQ_EINVAL;
   bits = UVQ__STOP_REQUESTED | (mode == UVQ_STOP_DISCARD ? UVQ__STOP_DISCARD
                                                          : 0);
@@ -342,6 +377,10 @@ int uvq_queue_stop(uvq_queue_t* q, uvq_stop_mode_t mode,
   } else {
     atomic_fetch_or(&q->stop_mode_, bits);
   }
+  /* A stop promises the close callback, like uv_close, even to a queue that
+   * was unreferenced; uv_ref is for the loop thread only. */
+  if (q->loop_thread_ == uvq__thread_id())
+    uv_ref((uv_handle_t*) &q->async_);
   /* Producers waiting for room must learn about the stop now. */
   uv_mutex_lock(&q->lock_);
   uv_cond_broadcast(&q->cond_);
@@ -440,6 +479,21 @@ static void uvq__wake_waiters(uvq_queue_t* q) {
   uv_mutex_unlock(&q->lock_);
 }
 
+/* A UVQ_DROP_OLDEST producer takes its ticket before it unlinks its victim,
+ * so count - removed may read one above the capacity for a moment although
+ * the list never holds more than capacity events. */
+static inline uint64_t uvq__depth(const uvq_queue_t* q, uint64_t depth) {
+  if (q->capacity_ != 0 && depth > q->capacity_)
+    return q->capacity_;
+  return depth;
+}
+
+static inline void uvq__note_depth(uvq_queue_t* q, uint64_t depth) {
+  depth = uvq__depth(q, depth);
+  if (depth > UVQ__LOAD(&q->max_depth_, relaxed))
+    UVQ__STORE(&q->max_depth_, depth, relaxed);
+}
+
 /* Counts of one drain pass, published once at its end. */
 typedef struct {
   uint64_t delivered;
@@ -488,8 +542,7 @@ static void uvq__async_cb(uv_async_t* handle) {
   uvq__bump(&q->passes_, 1);
   if (stop_count != UVQ__UNPUBLISHED)
     accepted = stop_count;
-  if (accepted - removed > UVQ__LOAD(&q->max_depth_, relaxed))
-    UVQ__STORE(&q->max_depth_, accepted - removed, relaxed);
+  uvq__note_depth(q, accepted - removed);
 
   /* The event a sink refused with "again" goes first, or nothing does. */
   if (q->held_ != NULL) {
@@ -520,10 +573,16 @@ static void uvq__async_cb(uv_async_t* handle) {
       /* Checked per event: a discard stop (even one made by the callback
        * just run) must not wait for the end of the batch. */
       if (UVQ__UNLIKELY(UVQ__LOAD(&q->stop_mode_, relaxed) &
-                        UVQ__STOP_DISCARD)) {
-        dropped++;
-        uvq__release(q, ev);
-      } else if (UVQ__LIKELY(process != NULL)) {
+                        (UVQ__STOP_DISCARD | UVQ__FACE_USED))) {
+        if (UVQ__LOAD(&q->stop_mode_, relaxed) & UVQ__STOP_DISCARD) {
+          dropped++;
+          uvq__release(q, ev);
+          continue;
+        }
+        if (process != NULL && uvq__is_carrier(q, ev))
+          ev = uvq__unwrap(ev); /* the callback gets the carrier's ref */
+      }
+      if (UVQ__LIKELY(process != NULL)) {
         process(q, ev);
       } else if (uvq__to_sink(q, ev, &p)) {
         paused = 1;
@@ -551,6 +610,7 @@ static void uvq__async_cb(uv_async_t* handle) {
   removed = atomic_load(&q->removed_);
   stop_count = UVQ__LOAD(&q->stop_count_, acquire);
   if (stop_count != UVQ__UNPUBLISHED) {
+    uv_ref((uv_handle_t*) &q->async_); /* see uvq_queue_stop */
     if (removed == stop_count && q->held_ == NULL) {
       atomic_store(&q->phase_, UVQ__CLOSING);
       if (atomic_load(&q->inside_) == 0) {
@@ -587,7 +647,8 @@ static int uvq__face_write(uvq_sink_t* face, uvq_event_t* ev) {
   int r;
   if (c == NULL)
     return UVQ_ENOMEM;
-  UVQ__STORE(&q->face_used_, 1, relaxed);
+  if (!(UVQ__LOAD(&q->stop_mode_, relaxed) & UVQ__FACE_USED))
+    atomic_fetch_or(&q->stop_mode_, UVQ__FACE_USED);
   uvq_event_init(&c->ev, uvq__carrier_release);
   c->inner = uvq_event_ref(ev);
   r = uvq_queue_try_enqueue(q, &c->ev);
@@ -617,7 +678,9 @@ static const uvq_sink_vtable_t uvq__face_vtable = {
 };
 
 uvq_sink_t* uvq_queue_sink(uvq_queue_t* q) {
-  return q != NULL ? &q->face_ : NULL;
+  if (q == NULL || !(atomic_load(&q->state_) & UVQ__INITED))
+    return NULL;
+  return &q->face_;
 }
 
 /* -- init, ref, stats ------------------------------------------------------ */
@@ -670,7 +733,7 @@ static int uvq__init(uv_loop_t* loop, uvq_queue_t* q, uvq_process_cb process,
     goto fail_async;
   uvq_sink_init(&q->face_, &uvq__face_vtable);
   /* Nothing queued yet: the first producer must wake the loop. */
-  atomic_store(&q->state_, UVQ__ASLEEP);
+  atomic_store(&q->state_, UVQ__INITED | UVQ__ASLEEP);
   return 0;
 
 fail_async:
@@ -701,7 +764,7 @@ int uvq_queue_init_sink(uv_loop_t* loop, uvq_queue_t* q, uvq_sink_t* dst,
 }
 
 static int uvq__loop_call(uvq_queue_t* q) {
-  if (q == NULL)
+  if (q == NULL || !(atomic_load(&q->state_) & UVQ__INITED))
     return UVQ_EINVAL;
   if (q->loop_thread_ != uvq__thread_id())
     return UVQ_ETHREAD;
@@ -728,7 +791,7 @@ int uvq_queue_stats(const uvq_queue_t* q, uvq_queue_stats_t* out) {
   uvq_queue_t* m = (uvq_queue_t*) q; /* atomics are read-only here */
   uint64_t accepted;
 
-  if (q == NULL || out == NULL)
+  if (q == NULL || out == NULL || !(atomic_load(&m->state_) & UVQ__INITED))
     return UVQ_EINVAL;
   accepted = UVQ__LOAD(&m->stop_count_, acquire);
   if (accepted == UVQ__UNPUBLISHED)
@@ -739,7 +802,7 @@ int uvq_queue_stats(const uvq_queue_t* q, uvq_queue_stats_t* out) {
   out->dropped_oldest = UVQ__LOAD(&m->dropped_oldest_, relaxed);
   out->discarded = UVQ__LOAD(&m->discarded_, relaxed);
   out->failed = UVQ__LOAD(&m->failed_, relaxed);
-  out->depth = accepted - atomic_load(&m->removed_);
+  out->depth = uvq__depth(m, accepted - atomic_load(&m->removed_));
   out->max_depth = UVQ__LOAD(&m->max_depth_, relaxed);
   out->wakeups = UVQ__LOAD(&m->wakeups_, relaxed);
   out->passes = UVQ__LOAD(&m->passes_, relaxed);

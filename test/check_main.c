@@ -9,6 +9,11 @@ int main(void) {
     errors_suite,
     queue_suite,
     queue_sink_suite,
+    stress_suite,
+    faults_suite,
+    badinput_suite,
+    sinks_suite,
+    channel_suite,
     /* one line per suite; keep this list in step with helpers.h */
   };
   SRunner* sr = srunner_create(NULL);
