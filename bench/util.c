@@ -1,0 +1,154 @@
+/* util.c: clocks, pacing, percentiles, memory and small statistics for
+ * uvq-bench. Nothing in here is timed: these run between measurements, or
+ * (bench_sleep_until) while a paced producer waits for its next slot.
+ */
+#include <errno.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+#if defined(__linux__)
+# include <sys/prctl.h>
+#endif
+#if defined(__GLIBC__)
+# include <malloc.h>
+#endif
+
+#include "bench.h"
+
+void bench_violation(uint64_t* count, char* what, size_t size,
+                     const char* fmt, ...) {
+  va_list ap;
+  if ((*count)++ != 0)
+    return;
+  va_start(ap, fmt);
+  vsnprintf(what, size, fmt, ap);
+  va_end(ap);
+}
+
+/* uv_hrtime() reads CLOCK_MONOTONIC on Linux, so an absolute sleep on that
+ * clock lands where the producer's schedule (in uv_hrtime units) says. */
+void bench_sleep_until(uint64_t t) {
+#if defined(CLOCK_MONOTONIC) && defined(TIMER_ABSTIME) && defined(__linux__)
+  struct timespec ts;
+  ts.tv_sec = (time_t) (t / 1000000000u);
+  ts.tv_nsec = (long) (t % 1000000000u);
+  while (clock_nanosleep(CLOCK_MONOTONIC, TIMER_ABSTIME, &ts, NULL) == EINTR)
+    ;
+#else
+  uint64_t now = uv_hrtime();
+  if (now < t)
+    uv_sleep((unsigned) ((t - now + 999999) / 1000000));
+#endif
+}
+
+/* The default 50 us timer slack would turn a 5 us pacing interval into
+ * bursts of ten; 1 ns asks for the most precise wakeup the kernel offers. */
+void bench_precise_sleeps(void) {
+#if defined(__linux__) && defined(PR_SET_TIMERSLACK)
+  (void) prctl(PR_SET_TIMERSLACK, 1UL, 0UL, 0UL, 0UL);
+#endif
+}
+
+#if defined(__linux__)
+/* The value of a "Name:   1234 kB" line of /proc/self/status, in bytes. */
+static int64_t status_kb(const char* name) {
+  char line[256];
+  size_t len = strlen(name);
+  int64_t v = -1;
+  FILE* f = fopen("/proc/self/status", "r");
+  if (f == NULL)
+    return -1;
+  while (fgets(line, sizeof(line), f) != NULL) {
+    if (strncmp(line, name, len) == 0 && line[len] == ':') {
+      v = strtoll(line + len + 1, NULL, 10) * 1024;
+      break;
+    }
+  }
+  fclose(f);
+  return v;
+}
+#endif
+
+int64_t bench_mem_mark(void) {
+#if defined(__linux__)
+  FILE* f;
+# if defined(__GLIBC__)
+  /* Memory freed by an earlier run stays in malloc's arenas and would be
+   * reused without raising the peak: hand it back first. */
+  malloc_trim(0);
+# endif
+  /* "5" resets VmHWM to the current RSS (Linux >= 4.0). */
+  f = fopen("/proc/self/clear_refs", "w");
+  if (f == NULL)
+    return -1;
+  if (fputs("5", f) == EOF) {
+    fclose(f);
+    return -1;
+  }
+  if (fclose(f) != 0)
+    return -1;
+  return status_kb("VmRSS");
+#else
+  return -1;
+#endif
+}
+
+int64_t bench_mem_peak(void) {
+#if defined(__linux__)
+  return status_kb("VmHWM");
+#else
+  return -1;
+#endif
+}
+
+static int cmp_u64(const void* a, const void* b) {
+  uint64_t x = *(const uint64_t*) a;
+  uint64_t y = *(const uint64_t*) b;
+  return x < y ? -1 : x > y;
+}
+
+static int cmp_double(const void* a, const void* b) {
+  double x = *(const double*) a;
+  double y = *(const double*) b;
+  return x < y ? -1 : x > y;
+}
+
+void bench_sort_u64(uint64_t* v, size_t n) {
+  if (n > 1)
+    qsort(v, n, sizeof(*v), cmp_u64);
+}
+
+uint64_t bench_quantile_sorted(const uint64_t* v, size_t n, double q) {
+  size_t rank;
+  if (n == 0)
+    return 0;
+  /* Nearest rank: the smallest value with at least q of the samples at or
+   * below it. */
+  rank = (size_t) (q * (double) n + 0.999999999);
+  if (rank < 1)
+    rank = 1;
+  if (rank > n)
+    rank = n;
+  return v[rank - 1];
+}
+
+double bench_median(double* v, size_t n) {
+  if (n == 0)
+    return 0;
+  qsort(v, n, sizeof(*v), cmp_double);
+  return n % 2 ? v[n / 2] : (v[n / 2 - 1] + v[n / 2]) / 2;
+}
+
+void bench_minmax(const double* v, size_t n, double* min, double* max) {
+  size_t i;
+  *min = *max = n ? v[0] : 0;
+  for (i = 1; i < n; i++) {
+    if (v[i] < *min)
+      *min = v[i];
+    if (v[i] > *max)
+      *max = v[i];
+  }
+}
