@@ -790,9 +790,13 @@ int uvq_queue_unref(uvq_queue_t* q) {
 int uvq_queue_stats(const uvq_queue_t* q, uvq_queue_stats_t* out) {
   uvq_queue_t* m = (uvq_queue_t*) q; /* atomics are read-only here */
   uint64_t accepted;
+  uint64_t removed;
 
   if (q == NULL || out == NULL || !(atomic_load(&m->state_) & UVQ__INITED))
     return UVQ_EINVAL;
+  /* removed_ first, as in uvq__bounded_ticket: it only grows and never
+   * passes the count, so the depth below never wraps. */
+  removed = atomic_load(&m->removed_);
   accepted = UVQ__LOAD(&m->stop_count_, acquire);
   if (accepted == UVQ__UNPUBLISHED)
     accepted = UVQ__COUNT(atomic_load(&m->state_));
@@ -802,7 +806,7 @@ int uvq_queue_stats(const uvq_queue_t* q, uvq_queue_stats_t* out) {
   out->dropped_oldest = UVQ__LOAD(&m->dropped_oldest_, relaxed);
   out->discarded = UVQ__LOAD(&m->discarded_, relaxed);
   out->failed = UVQ__LOAD(&m->failed_, relaxed);
-  out->depth = uvq__depth(m, accepted - atomic_load(&m->removed_));
+  out->depth = uvq__depth(m, accepted - removed);
   out->max_depth = UVQ__LOAD(&m->max_depth_, relaxed);
   out->wakeups = UVQ__LOAD(&m->wakeups_, relaxed);
   out->passes = UVQ__LOAD(&m->passes_, relaxed);

@@ -9,13 +9,17 @@
  * asserts after joining them.
  *
  * No assertion depends on speed. Where a test needs a race to be likely
- * (producers blocked before a stop), it sleeps, and the assertion holds
- * whether or not the race happened.
+ * (producers blocked before a stop), it sleeps, repeats short rounds, or
+ * parks a thread with a signal, and the assertion holds whether or not the
+ * race happened.
  */
-#include <pthread.h>
-#include <sched.h>
 #include <stdatomic.h>
 #include <string.h>
+#ifndef _WIN32
+# include <pthread.h>
+# include <semaphore.h>
+# include <signal.h>
+#endif
 
 #include "helpers.h"
 
@@ -1611,7 +1615,7 @@ END_TEST
 
 static atomic_int reader_done;
 static unsigned reader_errors;
-static unsigned reader_reads;
+static atomic_uint reader_reads;
 static uint64_t reader_limit;
 static uvq_queue_stats_t reader_bad_prev; /* the first pair that failed */
 static uvq_queue_stats_t reader_bad;
@@ -1622,15 +1626,6 @@ static void reader_main(void* arg) {
   uvq_queue_stats_t prev;
   uvq_queue_stats_t st;
   (void) arg;
-#ifdef SCHED_IDLE
-  {
-    /* Lowest priority: the reader is preempted often, in the middle of a
-     * read too, which is where a mixed-up read would show. */
-    struct sched_param sp;
-    memset(&sp, 0, sizeof(sp));
-    (void) pthread_setschedparam(pthread_self(), SCHED_IDLE, &sp);
-  }
-#endif
   memset(&prev, 0, sizeof(prev));
   do {
     if (uvq_queue_stats(&queue, &st) != 0) {
@@ -1646,45 +1641,11 @@ static void reader_main(void* arg) {
       }
     }
     prev = st;
-    reader_reads++;
+    atomic_fetch_add(&reader_reads, 1);
   } while (!atomic_load(&reader_done));
 }
 
-/* The producer sends bursts with pauses in between, so that the queue
- * often goes from empty to drained while the reader is in the middle of a
- * read (the reader has the lowest priority: a burst preempts it). */
-enum { BURSTS = 50, BURST = 2000 };
-static item_t* burst_items;
-
-static void burst_main(void* arg) {
-  unsigned b;
-  unsigned i;
-  (void) arg;
-  for (b = 0; b < BURSTS; b++) {
-    for (i = 0; i < BURST; i++)
-      if (uvq_queue_enqueue(&queue, &burst_items[b * BURST + i].ev) != 0)
-        return;
-    uv_sleep(1); /* let the loop drain and the reader run again */
-  }
-}
-
-START_TEST(queue_stats_are_readable_from_any_thread_while_it_runs) {
-  uvq_queue_stats_t st;
-  uv_thread_t reader;
-  uv_thread_t producer;
-
-  atomic_store(&reader_done, 0);
-  reader_errors = reader_reads = 0;
-  reader_limit = BURSTS * BURST;
-  burst_items = items_new(BURSTS * BURST, 0);
-  ck_assert_int_eq(uvq_queue_init(&loop, &queue, count_process, NULL), 0);
-  ck_assert_int_eq(uv_thread_create(&reader, reader_main, NULL), 0);
-  ck_assert_int_eq(uv_thread_create(&producer, burst_main, NULL), 0);
-  run_until_delivered(BURSTS * BURST);
-  atomic_store(&reader_done, 1);
-  ck_assert_int_eq(uv_thread_join(&reader), 0);
-  ck_assert_int_eq(uv_thread_join(&producer), 0);
-  ck_assert_uint_ge(reader_reads, 1);
+static void check_reader_errors(void) {
   ck_assert_msg(reader_errors == 0,
                 "%u bad reads; first: enqueued %llu -> %llu, delivered %llu "
                 "-> %llu, depth %llu -> %llu, max_depth %llu -> %llu",
@@ -1697,17 +1658,103 @@ START_TEST(queue_stats_are_readable_from_any_thread_while_it_runs) {
                 (unsigned long long) reader_bad.depth,
                 (unsigned long long) reader_bad_prev.max_depth,
                 (unsigned long long) reader_bad.max_depth);
+}
+
+START_TEST(queue_stats_are_readable_from_any_thread_while_it_runs) {
+  enum { P = 2 };
+  unsigned n = 100000 * uvq_test_scale();
+  producer_t prods[P];
+  uvq_queue_stats_t st;
+  uv_thread_t tid;
+
+  atomic_store(&reader_done, 0);
+  atomic_store(&reader_reads, 0);
+  reader_errors = 0;
+  reader_limit = P * n;
+  ck_assert_int_eq(uvq_queue_init(&loop, &queue, count_process, NULL), 0);
+  ck_assert_int_eq(uv_thread_create(&tid, reader_main, NULL), 0);
+  producers_start(prods, P, n, VIA_ENQUEUE, 0);
+  run_until_delivered(P * n);
+  atomic_store(&reader_done, 1);
+  ck_assert_int_eq(uv_thread_join(&tid), 0);
+  producers_join(prods, P);
+  ck_assert_uint_ge(atomic_load(&reader_reads), 1);
+  check_reader_errors();
   ck_assert_int_eq(uvq_queue_stats(&queue, &st), 0);
-  ck_assert_uint_eq(st.enqueued, BURSTS * BURST);
-  ck_assert_uint_eq(st.delivered, BURSTS * BURST);
+  ck_assert_uint_eq(st.enqueued, P * n);
+  ck_assert_uint_eq(st.delivered, P * n);
   ck_assert_uint_eq(st.depth, 0);
-  ck_assert_uint_eq(next_seq[0], BURSTS * BURST);
-  ck_assert_uint_eq(order_errors, 0);
+  ck_assert_uint_eq(fate_errors(prods, P), 0);
   stop_and_close(UVQ_STOP_DRAIN);
-  free(burst_items);
+  producers_free(prods, P);
   uvq_test_loop_done(&loop);
 }
 END_TEST
+
+#ifndef _WIN32
+/* Stats read while the loop makes progress in the middle of the read: the
+ * reader thread is parked by a signal wherever it happens to be (often
+ * inside uvq_queue_stats), the loop accepts and delivers a few events, and
+ * the reader resumes. depth must never come out below zero (as a huge
+ * unsigned number), whatever two loads the park fell between. */
+static sem_t parked;
+static sem_t resume;
+
+static void park_handler(int sig) {
+  (void) sig;
+  sem_post(&parked); /* async-signal-safe */
+  while (sem_wait(&resume) != 0) {
+  }
+}
+
+START_TEST(queue_stats_depth_never_wraps_when_the_reader_is_preempted) {
+  enum { ROUNDS = 400, PER_ROUND = 3 };
+  item_t it[ROUNDS * PER_ROUND];
+  struct sigaction sa;
+  struct sigaction old_sa;
+  uv_thread_t tid;
+  unsigned round;
+  unsigned i;
+
+  items_init(it, ROUNDS * PER_ROUND, 0);
+  ck_assert_int_eq(sem_init(&parked, 0, 0), 0);
+  ck_assert_int_eq(sem_init(&resume, 0, 0), 0);
+  memset(&sa, 0, sizeof(sa));
+  sa.sa_handler = park_handler;
+  sigemptyset(&sa.sa_mask);
+  ck_assert_int_eq(sigaction(SIGUSR1, &sa, &old_sa), 0);
+  atomic_store(&reader_done, 0);
+  atomic_store(&reader_reads, 0);
+  reader_errors = 0;
+  reader_limit = ROUNDS * PER_ROUND;
+  ck_assert_int_eq(uvq_queue_init(&loop, &queue, count_process, NULL), 0);
+  ck_assert_int_eq(uv_thread_create(&tid, reader_main, NULL), 0);
+  for (round = 0; round < ROUNDS; round++) {
+    unsigned before = atomic_load(&reader_reads);
+    while (atomic_load(&reader_reads) < before + 2) {
+      /* let the reader get going again: each park lands somewhere new */
+    }
+    ck_assert_int_eq(pthread_kill(tid, SIGUSR1), 0);
+    while (sem_wait(&parked) != 0) {
+    }
+    for (i = 0; i < PER_ROUND; i++)
+      ck_assert_int_eq(uvq_queue_enqueue(&queue,
+                                         &it[round * PER_ROUND + i].ev), 0);
+    run_until_delivered((round + 1) * PER_ROUND);
+    ck_assert_int_eq(sem_post(&resume), 0);
+  }
+  atomic_store(&reader_done, 1);
+  ck_assert_int_eq(uv_thread_join(&tid), 0);
+  ck_assert_int_eq(sigaction(SIGUSR1, &old_sa, NULL), 0);
+  sem_destroy(&parked);
+  sem_destroy(&resume);
+  check_reader_errors();
+  stop_and_close(UVQ_STOP_DRAIN);
+  ck_assert_uint_eq(delivered, ROUNDS * PER_ROUND);
+  uvq_test_loop_done(&loop);
+}
+END_TEST
+#endif
 
 Suite* queue_suite(void) {
   Suite* s = suite_create("queue");
@@ -1761,6 +1808,10 @@ Suite* queue_suite(void) {
        queue_stop_during_a_drop_oldest_flood_counts_every_accepted_event);
   tcase_add_test(tc, queue_counters_follow_enqueue_and_drain);
   tcase_add_test(tc, queue_stats_are_readable_from_any_thread_while_it_runs);
+#ifndef _WIN32
+  tcase_add_test(tc,
+                 queue_stats_depth_never_wraps_when_the_reader_is_preempted);
+#endif
   suite_add_tcase(s, tc);
   return s;
 }
