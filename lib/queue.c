@@ -4,8 +4,8 @@
  *   ----------------------                      -----------
  *   state += ONE  (one atomic add: closed?      async_cb: pop up to `batch`
  *                  capacity? count, wake?)        events from head_, deliver,
- *   if the loop sleeps: uv_async_send            publish removed_; then sleep
- *   tail_ = xchg(tail_, ev); prev->next_ = ev    (set ASLEEP) or re-arm.
+ *   tail_ = xchg(tail_, ev); prev->next_ = ev    publish removed_; then sleep
+ *   if the loop sleeps: uv_async_send            (set ASLEEP) or re-arm.
  *
  * The list is Dmitry Vyukov's intrusive MPSC queue: the link lives in the
  * event, a push is one exchange plus one store, a pop touches only the
@@ -26,11 +26,12 @@
  *
  * Invariants:
  *   - removed_ <= accepted; depth = accepted - removed_.
- *   - Exactly one producer clears ASLEEP (the one whose atomic op saw it)
- *     and sends; it sends before it links, so that the link is its last
- *     touch of the queue: once the loop has seen every accepted event and
- *     no thread is inside a slow path (inside_ == 0), nothing can touch the
- *     queue any more and it may close.
+ *   - Exactly one producer clears ASLEEP (of those whose ticket saw it) and
+ *     sends. A producer that does not wake links last: the link is its last
+ *     touch of the queue. One that wakes counts itself in inside_ before it
+ *     links and sends after, so once the loop has seen every accepted event
+ *     and no thread is inside (inside_ == 0), nothing can touch the queue
+ *     any more and it may close.
  *   - After stop, stop_count_ is the number of accepted events; the close
  *     begins only when removed_ == stop_count_ and inside_ == 0.
  *
@@ -97,19 +98,33 @@ static UVQ__INLINE uvq_event_t* uvq__pop(uvq_queue_t* q) {
 
 /* -- producers ----------------------------------------------------------- */
 
-static UVQ__NOINLINE void uvq__wake_slow(uvq_queue_t* q) {
-  uint64_t old = atomic_fetch_and(&q->state_, ~UVQ__ASLEEP);
+/* The loop sleeps: link, then wake it. The link is then not our last touch
+ * of the queue, so we count ourselves in inside_ first: the loop cannot
+ * close while we are inside, and it cannot see our event before our
+ * increment (the release store of the link orders them). Linking first
+ * matters for latency: a loop woken before the link would find the event
+ * missing, and a producer preempted by the very wakeup it sent (the kernel
+ * often runs the woken thread at once) would keep it spinning. */
+static UVQ__NOINLINE void uvq__push_and_wake(uvq_queue_t* q, uvq_event_t* ev) {
+  uint64_t old;
+  atomic_fetch_add(&q->inside_, 1);
+  uvq__push(q, ev);
+  old = atomic_fetch_and(&q->state_, ~UVQ__ASLEEP);
   if (old & UVQ__ASLEEP) {
     atomic_fetch_add_explicit(&q->wakeups_, 1, memory_order_relaxed);
     uv_async_send(&q->async_);
   }
+  atomic_fetch_sub(&q->inside_, 1);
 }
 
-/* Wake the loop if the state word we replaced said it sleeps. Called before
- * the link (see the invariants above). */
-static UVQ__INLINE void uvq__wake(uvq_queue_t* q, uint64_t old) {
+/* Link ev; `old` is the state word our ticket replaced. Every producer that
+ * saw ASLEEP there tries to clear it; the one that does sends. */
+static UVQ__INLINE void uvq__commit(uvq_queue_t* q, uvq_event_t* ev,
+                                    uint64_t old) {
   if (UVQ__UNLIKELY(old & UVQ__ASLEEP))
-    uvq__wake_slow(q);
+    uvq__push_and_wake(q, ev);
+  else
+    uvq__push(q, ev);
 }
 
 /* A carrier: what uvq_queue_sink() enqueues for an event it was lent. */
@@ -210,8 +225,7 @@ static UVQ__NOINLINE int uvq__enqueue_locked(uvq_queue_t* q,
       atomic_fetch_add(&q->dropped_oldest_, 1);
     }
   }
-  uvq__wake(q, s);
-  uvq__push(q, ev);
+  uvq__commit(q, ev, s);
   uv_mutex_unlock(&q->lock_);
   if (victim != NULL)
     uvq__release(q, victim);
@@ -242,8 +256,7 @@ static UVQ__NOINLINE int uvq__full(uvq_queue_t* q, uvq_event_t* ev,
       uvq__release(q, ev);
       r = 0;
     } else if (r == 0) {
-      uvq__wake(q, old);
-      uvq__push(q, ev);
+      uvq__commit(q, ev, old);
     }
     uvq__leave(q);
     return r;
@@ -281,8 +294,7 @@ static UVQ__NOINLINE int uvq__full(uvq_queue_t* q, uvq_event_t* ev,
   uv_mutex_unlock(&q->lock_);
 done:
   if (r == 0) {
-    uvq__wake(q, old);
-    uvq__push(q, ev);
+    uvq__commit(q, ev, old);
   }
   uvq__leave(q);
   return r;
@@ -296,8 +308,7 @@ static UVQ__INLINE int uvq__enqueue_unbounded(uvq_queue_t* q,
    * (after a stop the count is no longer read, see stop_count_). */
   if (UVQ__UNLIKELY((old & (UVQ__CLOSED | UVQ__INITED)) != UVQ__INITED))
     return (old & UVQ__INITED) ? UVQ_ECLOSED : UVQ_EINVAL;
-  uvq__wake(q, old);
-  uvq__push(q, ev);
+  uvq__commit(q, ev, old);
   return 0;
 }
 
@@ -320,8 +331,7 @@ static UVQ__INLINE int uvq__enqueue_bounded(uvq_queue_t* q, uvq_event_t* ev,
     return uvq__full(q, ev, may_wait, deadline);
   if (r != 0)
     return r;
-  uvq__wake(q, old);
-  uvq__push(q, ev);
+  uvq__commit(q, ev, old);
   return 0;
 }
 
