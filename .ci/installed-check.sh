@@ -7,6 +7,7 @@
 #   - samples/seed-example.c and samples/worker-bridge.c, compiled with
 #     `cc x.c $(pkg-config --cflags --libs uvq)`, run against the installed
 #     shared library, and the seed example also links statically;
+#   - the README's C example compiles (warning-free) and runs;
 #   - a C++ program can include uvq.h, sees the same struct sizes and links.
 #
 # Usage: .ci/installed-check.sh   (from anywhere)

@@ -16,6 +16,7 @@ Suite* faults_suite(void);
 Suite* badinput_suite(void);
 Suite* sinks_suite(void);
 Suite* channel_suite(void);
+Suite* samples_suite(void);
 
 /* libuv's MAKE_VALGRIND_HAPPY: close every handle left, run the loop once
  * more so their close callbacks run, and require uv_loop_close() to succeed. */
