@@ -22,8 +22,8 @@
  * uv_loop_close() returns 0. Any disagreement aborts with a message.
  *
  * Not modelled: the queue's sink face (uvq_queue_sink), whose carriers are
- * covered by test/check_faults.c; the channel and the broadcaster, covered by
- * the stress suite.
+ * covered by test/check_faults.c. The channel and the broadcaster have
+ * harnesses of their own (fuzz_channel.c, fuzz_broadcast.c).
  *
  * Build and run: .ci/fuzz.sh (clang -fsanitize=fuzzer,address,undefined).
  */
@@ -34,6 +34,7 @@
 #include <string.h>
 
 #include "uvq.h"
+#include "model.h"
 
 enum { E_CALLER = 0, E_QUEUED, E_DELIVERED, E_RELEASED };
 
@@ -73,14 +74,7 @@ static struct {
   size_t op;
 } m;
 
-#define CHECK(c)                                                             \
-  do {                                                                       \
-    if (!(c)) {                                                              \
-      fprintf(stderr, "model mismatch at op %zu (line %d): %s\n", m.op,      \
-              __LINE__, #c);                                                 \
-      abort();                                                               \
-    }                                                                        \
-  } while (0)
+#define CHECK(c) MODEL_CHECK(c, m.op)
 
 static unsigned depth(void) {
   return m.tail - m.head;
