@@ -53,7 +53,7 @@
 #define UVQ__FULL_SPINS 128 /* a full producer looks again this often, */
 #define UVQ__FULL_YIELDS 4  /* then yields this often, then sleeps */
 
-_Thread_local char uvq__thread_marker;
+_Thread_local char uvq__thread_marker UVQ__TLS_INITIAL_EXEC;
 
 static void uvq__async_cb(uv_async_t* handle);
 
