@@ -394,6 +394,58 @@ START_TEST(faults_hot_path_allocates_nothing) {
 }
 END_TEST
 
+/* An unbounded queue holding four million events costs the events and the
+ * queue struct, nothing else: not one allocation while they go in, sit
+ * there (the loop sleeps) and come out. */
+enum { MANY_EVENTS = 4000000 };
+
+static unsigned many_seen;
+static unsigned many_out_of_order;
+
+static void many_process(uvq_queue_t* q, uvq_event_t* ev) {
+  fitem_t* it = FITEM(ev);
+  (void) q;
+  if (it->id != many_seen)
+    many_out_of_order++;
+  many_seen++;
+}
+
+START_TEST(faults_four_million_queued_events_allocate_nothing) {
+  static uvq_queue_t q;
+  fitem_t* items = calloc(MANY_EVENTS, sizeof(*items));
+  uvq_queue_stats_t st;
+  uint64_t allocs;
+  unsigned i;
+  int errors = 0;
+
+  ck_assert_ptr_nonnull(items);
+  for (i = 0; i < MANY_EVENTS; i++)
+    items[i].id = i;
+  many_seen = 0;
+  many_out_of_order = 0;
+  ck_assert_int_eq(uv_loop_init(&loop), 0);
+  ck_assert_int_eq(uvq_queue_init(&loop, &q, many_process, NULL), 0);
+  uvq_alloc_count_start();
+  for (i = 0; i < MANY_EVENTS; i++)
+    if (uvq_queue_try_enqueue(&q, &items[i].ev) != 0)
+      errors++;
+  ck_assert_int_eq(uvq_queue_stats(&q, &st), 0);
+  ck_assert_int_eq(uvq_queue_stop(&q, UVQ_STOP_DRAIN, on_close), 0);
+  ck_assert_int_eq(uv_run(&loop, UV_RUN_DEFAULT), 0);
+  allocs = uvq_alloc_count_stop();
+
+  ck_assert_int_eq(errors, 0);
+  ck_assert_uint_eq(st.depth, MANY_EVENTS); /* all of them at once */
+  ck_assert_uint_eq(many_seen, MANY_EVENTS);
+  ck_assert_uint_eq(many_out_of_order, 0);
+  ck_assert_uint_eq(closed, 1);
+  ck_assert_msg(allocs == 0, "%llu allocations for %d queued events",
+                (unsigned long long) allocs, MANY_EVENTS);
+  free(items);
+  uvq_test_loop_done(&loop);
+}
+END_TEST
+
 /* -- user code that misbehaves -------------------------------------------- */
 
 /* A sink whose write answers from a script of codes, garbage included. */
@@ -785,7 +837,10 @@ Suite* faults_suite(void) {
   else
     fprintf(stderr, "faults: allocation failure tests left out: %s\n", why);
   if (uvq_alloc_count_available())
+  {
     tcase_add_loop_test(tc, faults_hot_path_allocates_nothing, 0, 3);
+    tcase_add_test(tc, faults_four_million_queued_events_allocate_nothing);
+  }
   else
     fprintf(stderr, "faults: hot path allocation count left out: "
                     "allocations cannot be counted in this build\n");
