@@ -7,6 +7,8 @@
  * often it was released: each test ends by requiring exactly once for every
  * item it used. The test sink (tsink_t) records, per item id, how often it
  * took the event, so a skip (0) or a duplicate (2) is seen directly. */
+#include <stdatomic.h>
+#include <stdint.h>
 #include <string.h>
 
 #include "fault.h"
@@ -1411,6 +1413,109 @@ static void foreign_main(void* arg) {
   tsink_init(&sinks[4], NULL, 0);
 }
 
+/* -- reference counts --------------------------------------------------- */
+
+static unsigned counted_releases;
+
+static void count_release(uvq_event_t* ev) {
+  (void) ev;
+  counted_releases++;
+}
+
+START_TEST(event_refs_count_up_and_the_last_unref_releases_once) {
+  uvq_event_t ev;
+  counted_releases = 0;
+  ck_assert_int_eq(uvq_event_init(&ev, count_release), 0);
+  ck_assert_uint_eq(uvq_event_refs(&ev), 1);
+  ck_assert_ptr_eq(uvq_event_ref(&ev), &ev);
+  ck_assert_ptr_eq(uvq_event_ref(&ev), &ev);
+  ck_assert_uint_eq(uvq_event_refs(&ev), 3);
+  uvq_event_unref(&ev);
+  uvq_event_unref(&ev);
+  ck_assert_uint_eq(counted_releases, 0);
+  ck_assert_uint_eq(uvq_event_refs(&ev), 1);
+  uvq_event_unref(&ev); /* the last holder */
+  ck_assert_uint_eq(counted_releases, 1);
+  ck_assert_uint_eq(uvq_event_refs(&ev), 0);
+  /* A NULL release is allowed: the last unref just ends the count. */
+  ck_assert_int_eq(uvq_event_init(&ev, NULL), 0);
+  uvq_event_unref(&ev);
+  ck_assert_uint_eq(uvq_event_refs(&ev), 0);
+  ck_assert_uint_eq(counted_releases, 1);
+}
+END_TEST
+
+/* Three holders let go at the same moment from three threads, for many
+ * events: each event is released exactly once, by whichever holder was
+ * last, and the release sees what every holder wrote before its unref (a
+ * plain write per holder: ThreadSanitizer reports it if the unref does not
+ * order it before the release). The last holder's unref takes a path of its
+ * own (a load instead of a locked decrement), so both paths race here. */
+enum { RACE_EVENTS = 20000, RACE_HOLDERS = 3 };
+
+typedef struct {
+  uvq_event_t ev;
+  int marks[RACE_HOLDERS];
+  atomic_uint releases;
+  unsigned missing_marks;
+} race_ev_t;
+
+static race_ev_t* race_evs;
+static uv_barrier_t race_start;
+
+static void race_release(uvq_event_t* ev) {
+  race_ev_t* r = (race_ev_t*) ev;
+  int k;
+  for (k = 0; k < RACE_HOLDERS; k++)
+    if (r->marks[k] != 1)
+      r->missing_marks++;
+  atomic_fetch_add(&r->releases, 1);
+}
+
+static void race_holder(void* arg) {
+  int k = (int) (intptr_t) arg;
+  unsigned i;
+  uv_barrier_wait(&race_start);
+  for (i = 0; i < RACE_EVENTS; i++) {
+    /* Holders walk in different directions so that every order of the
+     * three unrefs happens somewhere. */
+    unsigned j = (k == 1) ? RACE_EVENTS - 1 - i : i;
+    race_evs[j].marks[k] = 1;
+    uvq_event_unref(&race_evs[j].ev);
+  }
+}
+
+START_TEST(event_holders_unreffing_at_once_release_exactly_once) {
+  uv_thread_t tids[RACE_HOLDERS];
+  unsigned i, wrong = 0, missing = 0;
+  int k;
+
+  race_evs = calloc(RACE_EVENTS, sizeof(*race_evs));
+  ck_assert_ptr_nonnull(race_evs);
+  for (i = 0; i < RACE_EVENTS; i++) {
+    ck_assert_int_eq(uvq_event_init(&race_evs[i].ev, race_release), 0);
+    for (k = 1; k < RACE_HOLDERS; k++)
+      uvq_event_ref(&race_evs[i].ev);
+  }
+  ck_assert_int_eq(uv_barrier_init(&race_start, RACE_HOLDERS), 0);
+  for (k = 0; k < RACE_HOLDERS; k++)
+    ck_assert_int_eq(uv_thread_create(&tids[k], race_holder,
+                                      (void*) (intptr_t) k), 0);
+  for (k = 0; k < RACE_HOLDERS; k++)
+    ck_assert_int_eq(uv_thread_join(&tids[k]), 0);
+  uv_barrier_destroy(&race_start);
+  for (i = 0; i < RACE_EVENTS; i++) {
+    if (atomic_load(&race_evs[i].releases) != 1)
+      wrong++;
+    missing += race_evs[i].missing_marks;
+  }
+  ck_assert_msg(wrong == 0, "%u of %d events not released exactly once",
+                wrong, RACE_EVENTS);
+  ck_assert_uint_eq(missing, 0);
+  free(race_evs);
+}
+END_TEST
+
 START_TEST(sinks_refuse_other_threads) {
   uvq_breaker_t br;
   uv_thread_t tid;
@@ -1658,6 +1763,8 @@ Suite* sinks_suite(void) {
 
   tcase_add_checked_fixture(tm, setup, teardown);
   tcase_set_timeout(tm, 30);
+  tcase_add_test(tm, event_refs_count_up_and_the_last_unref_releases_once);
+  tcase_add_test(tm, event_holders_unreffing_at_once_release_exactly_once);
   tcase_add_test(tm, sinks_refuse_other_threads);
   tcase_add_test(tm, pipeline_broadcast_filter_retry_closes_from_the_top);
   tcase_add_test(tm, queue_feeds_broadcaster_that_waits_on_a_retrying_sink);
