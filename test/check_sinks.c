@@ -1442,6 +1442,7 @@ START_TEST(event_refs_count_up_and_the_last_unref_releases_once) {
   uvq_event_unref(&ev);
   ck_assert_uint_eq(uvq_event_refs(&ev), 0);
   ck_assert_uint_eq(counted_releases, 1);
+  finish_loop(); /* the fixture's loop: nothing may be left on it */
 }
 END_TEST
 
@@ -1513,6 +1514,7 @@ START_TEST(event_holders_unreffing_at_once_release_exactly_once) {
                 wrong, RACE_EVENTS);
   ck_assert_uint_eq(missing, 0);
   free(race_evs);
+  finish_loop();
 }
 END_TEST
 
