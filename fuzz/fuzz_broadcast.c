@@ -73,7 +73,6 @@ static struct {
   int nevs;
   int cur;            /* event in progress (taken, maybe pending), -1 none */
   int status[NSINKS]; /* of cur, per sink */
-  int held;           /* cur may still be held by the broadcaster */
   int closing, close_cbs;
   int said_again;
   unsigned ready_calls, ready_expected;
@@ -148,7 +147,7 @@ static void tsink_close(uvq_sink_t* sink) {
   uvq_sink_closed(sink); /* at once */
 }
 
-static void reentrant(tsink_t* self, unsigned what);
+static void reentrant(unsigned what);
 
 static int tsink_write(uvq_sink_t* sink, uvq_event_t* ev) {
   tsink_t* s = (tsink_t*) sink;
@@ -172,7 +171,7 @@ static int tsink_write(uvq_sink_t* sink, uvq_event_t* ev) {
   b = byte_or_zero();
   if ((b & 7) >= 5 && m.depth < MAX_DEPTH) {
     m.depth++;
-    reentrant(s, b >> 3);
+    reentrant(b >> 3);
     m.depth--;
     b = byte_or_zero();
   }
@@ -299,9 +298,8 @@ static void do_close_sink(unsigned j) {
   CHECK(s->closed && s->close_cbs == 1);
 }
 
-static void reentrant(tsink_t* self, unsigned what) {
+static void reentrant(unsigned what) {
   unsigned arg = byte_or_zero();
-  (void) self;
   switch (what % 5) {
   case 0: do_add(arg); break;
   case 1: do_remove(arg); break;
@@ -355,8 +353,8 @@ static void do_write(void) {
     CHECK(e->releases == 1);
     return;
   }
-  m.held = pending();
-  CHECK(e->releases == (m.held ? 0 : 1));
+  /* Still owed to a waiting sink: the broadcaster holds a reference. */
+  CHECK(e->releases == (pending() ? 0 : 1));
 }
 
 /* After every top-level operation. */

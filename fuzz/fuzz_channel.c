@@ -67,7 +67,6 @@ static struct {
   int sink_wants;     /* said UVQ_EAGAIN; not yet notified */
   int ready_pending;  /* notified: ready comes on the next iteration */
   unsigned ready_calls, ready_expected;
-  unsigned sink_closes;
   unsigned timed_waits;
   size_t op;
 } m;
@@ -262,7 +261,6 @@ static void on_ready(uvq_sink_t* sink, void* arg) {
 static void on_sink_closed(uvq_sink_t* sink) {
   CHECK(sink == &m.cs.sink && m.sink_closing);
   m.sink_closing = 0;
-  m.sink_closes++;
 }
 
 static void run_once(void) {

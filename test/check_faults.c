@@ -836,12 +836,10 @@ Suite* faults_suite(void) {
   }
   else
     fprintf(stderr, "faults: allocation failure tests left out: %s\n", why);
-  if (uvq_alloc_count_available())
-  {
+  if (uvq_alloc_count_available()) {
     tcase_add_loop_test(tc, faults_hot_path_allocates_nothing, 0, 3);
     tcase_add_test(tc, faults_four_million_queued_events_allocate_nothing);
-  }
-  else
+  } else
     fprintf(stderr, "faults: hot path allocation count left out: "
                     "allocations cannot be counted in this build\n");
   suite_add_tcase(s, tc);
