@@ -55,6 +55,8 @@ typedef struct {
   int minimal;           /* callgrind: the consumer only counts, the events
                           * are left as calloc made them, no final scan */
   double stall_seconds;  /* no progress for this long: give up, report */
+  unsigned long timer_slack; /* paced producers' timer slack, ns (0: the
+                              * system's default) */
   int measure_mem;       /* hand free heap back to the system first and
                           * measure the peak RSS growth (the cold start
                           * this causes makes the run's time meaningless) */
@@ -142,8 +144,13 @@ void bench_violation(uint64_t* count, char* what, size_t size,
 
 /* Sleep until the uv_hrtime() clock reads at least t (ns). */
 void bench_sleep_until(uint64_t t);
-/* Ask the kernel for precise sleeps on this thread (Linux timer slack). */
-void bench_precise_sleeps(void);
+/* Set the calling thread's Linux timer slack to ns (how late a sleep may
+ * end); 0 keeps the default. Returns 0, or -1 when it cannot be set (not
+ * Linux, or the kernel refused). */
+int bench_set_timer_slack(unsigned long ns);
+/* Whether bench_set_timer_slack(ns) works here (tried on the calling
+ * thread, whose slack is then put back). */
+int bench_timer_slack_ok(unsigned long ns);
 
 /* Peak memory: bench_mem_mark() returns free heap to the system, resets the
  * process's peak RSS to its current RSS and returns that RSS in bytes;

@@ -417,7 +417,7 @@ static void producer_main(void* arg) {
   qrun_t* r = p->run;
 
   if (r->paced)
-    bench_precise_sleeps();
+    (void) bench_set_timer_slack(r->cfg->timer_slack); /* checked in main */
   gate_wait(r);
   switch (r->pat) {
     case PAT_REF_MALLOC:

@@ -44,11 +44,32 @@ void bench_sleep_until(uint64_t t) {
 #endif
 }
 
-/* The default 50 us timer slack would turn a 5 us pacing interval into
- * bursts of ten; 1 ns asks for the most precise wakeup the kernel offers. */
-void bench_precise_sleeps(void) {
+/* Linux lets a sleep end up to the thread's timer slack late (50 us unless
+ * changed), so that wakeups coalesce. Paced producers keep that default, as
+ * real programs do: their sleeps end in bursts of a few events per slack.
+ * Asking for 1 ns instead (what this did until 2026-12-01) makes every 5 us
+ * slot a timer interrupt of its own; under this machine's hypervisor that
+ * kept both cores busy in the kernel, and the loop thread waited
+ * milliseconds for a core whatever the transport. */
+int bench_set_timer_slack(unsigned long ns) {
 #if defined(__linux__) && defined(PR_SET_TIMERSLACK)
-  (void) prctl(PR_SET_TIMERSLACK, 1UL, 0UL, 0UL, 0UL);
+  if (ns == 0)
+    return 0;
+  return prctl(PR_SET_TIMERSLACK, ns, 0UL, 0UL, 0UL) == 0 ? 0 : -1;
+#else
+  return ns == 0 ? 0 : -1;
+#endif
+}
+
+int bench_timer_slack_ok(unsigned long ns) {
+#if defined(__linux__) && defined(PR_SET_TIMERSLACK) && defined(PR_GET_TIMERSLACK)
+  int was = prctl(PR_GET_TIMERSLACK, 0UL, 0UL, 0UL, 0UL);
+  if (was <= 0 || prctl(PR_SET_TIMERSLACK, ns, 0UL, 0UL, 0UL) != 0)
+    return 0;
+  (void) prctl(PR_SET_TIMERSLACK, (unsigned long) was, 0UL, 0UL, 0UL);
+  return 1;
+#else
+  return ns == 0;
 #endif
 }
 

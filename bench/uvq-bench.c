@@ -48,6 +48,7 @@ typedef struct {
   double rate;
   uint64_t paced_events;
   unsigned paced_runs;
+  unsigned long timer_slack;
   unsigned sample_every;
   uint64_t channel_events;
   size_t channel_capacity;
@@ -76,7 +77,9 @@ static void usage(FILE* f) {
 "  --capacity C        bounded queue capacity (default 1024)\n"
 "  --rate R            paced offered load, events/s in total (default 200000)\n"
 "  --paced-events N    events per paced run (default 50000; 0: no paced runs)\n"
-"  --paced-runs R      paced repetitions (default 3)\n"
+"  --paced-runs R      paced repetitions (default 5)\n"
+"  --timer-slack NS    paced producers' timer slack in ns (Linux; default:\n"
+"                      the system's, 50000 unless changed)\n"
 "  --sample-every K    at saturation, stamp every K-th event for latency\n"
 "                      (a power of two, default 64; 0: none)\n"
 "  --channel-events N  channel events per run (default: --events)\n"
@@ -163,7 +166,7 @@ static int parse_opts(int argc, char** argv, opts_t* o) {
   o->capacity = 1024;
   o->rate = 200000;
   o->paced_events = 50000;
-  o->paced_runs = 3;
+  o->paced_runs = 5;
   o->sample_every = 64;
   o->channel_capacity = 1024;
   parse_pairs("1x1,2x1,4x1,2x2,4x4", o);
@@ -258,6 +261,15 @@ static int parse_opts(int argc, char** argv, opts_t* o) {
         goto bad;
       o->paced_runs = (unsigned) v;
       have_paced_runs = 1;
+    } else if (strcmp(name, "--timer-slack") == 0) {
+      NEED_VAL();
+      if (parse_u64(val, &v) || v == 0 || v > 1000000000)
+        goto bad;
+      if (!bench_timer_slack_ok((unsigned long) v)) {
+        fprintf(stderr, "uvq-bench: --timer-slack: cannot set it here\n");
+        exit(2);
+      }
+      o->timer_slack = (unsigned long) v;
     } else if (strcmp(name, "--sample-every") == 0) {
       NEED_VAL();
       if (parse_u64(val, &v) || v > (1u << 30) || (v & (v - 1)) != 0)
@@ -353,6 +365,8 @@ typedef struct {
   size_t nsat;
   uint64_t* paced;   /* pooled paced latency samples (ns) */
   size_t npaced;
+  double* rep_p50;   /* each paced repetition's own p50 and p99 (us) */
+  double* rep_p99;
   double paced_secs; /* summed duration of the paced runs */
   uint64_t paced_evs;
   /* derived */
@@ -360,6 +374,9 @@ typedef struct {
   double wake_med, pass_med, kept_med;
   double sat_q[3], paced_q[3];
   spread_t ratio[2]; /* vs ref-malloc, vs ref-ring (per repetition) */
+  spread_t lat_ratio[2]; /* paced p50, p99 against the better reference of
+                          * the same repetition */
+  int have_lat_ratio;
   int have_ratio[2];
 } qcase_t;
 
@@ -532,9 +549,16 @@ static void run_queue(const opts_t* o, qcase_t* cases) {
         cfg.events = o->paced_events;
         cfg.capacity = o->capacity;
         cfg.rate = o->rate;
+        cfg.timer_slack = o->timer_slack;
         cfg.stall_seconds = o->stall_seconds;
         if (bench_queue_run(&cfg, evs, &res) != 0)
           exit(2);
+        if (res.nlat != 0) {
+          double q[3];
+          quantiles(res.lat, res.nlat, q);
+          c->rep_p50[rep] = q[0];
+          c->rep_p99[rep] = q[1];
+        }
         append(&c->paced, &c->npaced, res.lat, res.nlat);
         free(res.lat);
         c->paced_secs += res.seconds;
@@ -577,6 +601,36 @@ static void run_queue(const opts_t* o, qcase_t* cases) {
         c->ratio[ref] = spread(ratio, o->runs);
         c->have_ratio[ref] = 1;
       }
+    }
+    /* Paced latency of each repetition against the better reference of the
+     * same repetition, as the throughput ratios: a repetition that the
+     * machine disturbed counts once, not through its share of the pool. */
+    for (k = 0; o->paced_events != 0 && k < PAT_REF_MALLOC; k++) {
+      qcase_t* c = &cases[pi * PAT_COUNT + k];
+      qcase_t* a = &cases[pi * PAT_COUNT + PAT_REF_MALLOC];
+      qcase_t* b = &cases[pi * PAT_COUNT + PAT_REF_RING];
+      double r50[1000], r99[1000];
+      unsigned n = 0;
+      if (!c->ran || (!a->ran && !b->ran))
+        continue;
+      for (rep = 0; rep < o->paced_runs; rep++) {
+        double m50 = !a->ran ? b->rep_p50[rep]
+                     : !b->ran ? a->rep_p50[rep]
+                     : fmin(a->rep_p50[rep], b->rep_p50[rep]);
+        double m99 = !a->ran ? b->rep_p99[rep]
+                     : !b->ran ? a->rep_p99[rep]
+                     : fmin(a->rep_p99[rep], b->rep_p99[rep]);
+        if (!(m50 > 0 && m99 > 0 && c->rep_p50[rep] > 0))
+          continue;
+        r50[n] = c->rep_p50[rep] / m50;
+        r99[n] = c->rep_p99[rep] / m99;
+        n++;
+      }
+      if (n == 0)
+        continue;
+      c->lat_ratio[0] = spread(r50, n);
+      c->lat_ratio[1] = spread(r99, n);
+      c->have_lat_ratio = 1;
     }
   }
 }
@@ -771,7 +825,10 @@ static unsigned make_targets(const opts_t* o, qcase_t* qc, ccase_t* cc,
       if (any)
         n++;
     }
-    /* Latency at the paced load, against the better of the references. */
+    /* Latency at the paced load, against the better of the references:
+     * the median over the paced repetitions of uvq's percentile divided by
+     * the better reference's in the same repetition (the pooled figures,
+     * printed beside it, are those of the latency table). */
     for (k = PAT_UVQ_UNBOUNDED; o->paced_events && k <= PAT_UVQ_BLOCK; k++) {
       for (i = 0; i < 2; i++) {
         int any = 0;
@@ -779,10 +836,10 @@ static unsigned make_targets(const opts_t* o, qcase_t* qc, ccase_t* cc,
           continue;
         if (i == 0)
           snprintf(t[n].name, sizeof(t[n].name),
-                   "%s paced p50 <= 1.5x refs' (us)", bench_pattern_names[k]);
+                   "%s paced p50 <= 1.5x refs'", bench_pattern_names[k]);
         else
           snprintf(t[n].name, sizeof(t[n].name),
-                   "%s paced p99 <= refs' (us)", bench_pattern_names[k]);
+                   "%s paced p99 <= refs'", bench_pattern_names[k]);
         t[n].met = 1;
         t[n].figure[0] = '\0';
         for (pi = 0; pi < o->nproducers; pi++) {
@@ -790,17 +847,17 @@ static unsigned make_targets(const opts_t* o, qcase_t* qc, ccase_t* cc,
           qcase_t* a = &qc[pi * PAT_COUNT + PAT_REF_MALLOC];
           qcase_t* b = &qc[pi * PAT_COUNT + PAT_REF_RING];
           double ref;
-          if (!c->ran || (!a->ran && !b->ran))
+          if (!c->ran || !c->have_lat_ratio || (!a->ran && !b->ran))
             continue;
           if (a->ran && b->ran)
             ref = fmin(a->paced_q[i], b->paced_q[i]);
           else
             ref = a->ran ? a->paced_q[i] : b->paced_q[i];
           figure_cat(t[n].figure, sizeof(t[n].figure),
-                     "%sP%u %.1f vs %.1f", any ? ", " : "", c->producers,
-                     c->paced_q[i], ref);
+                     "%sP%u %.2fx (%.0f vs %.0f us)", any ? ", " : "",
+                     c->producers, c->lat_ratio[i].med, c->paced_q[i], ref);
           any = 1;
-          if (!(c->paced_q[i] <= (i == 0 ? 1.5 : 1.0) * ref))
+          if (!(c->lat_ratio[i].med <= (i == 0 ? 1.5 : 1.0)))
             t[n].met = 0;
         }
         if (any)
@@ -906,6 +963,63 @@ static void print_header(const opts_t* o) {
 #endif
 }
 
+/* One paired comparison of paced percentiles: the median over the
+ * repetitions of a's figure over b's, and in how many a was at most b. */
+static void paired(const double* a, const double* b, unsigned n, char* buf,
+                   size_t size) {
+  double r[1000];
+  unsigned i, k = 0, wins = 0;
+  for (i = 0; i < n; i++) {
+    if (!(a[i] > 0 && b[i] > 0))
+      continue;
+    r[k++] = a[i] / b[i];
+    wins += a[i] <= b[i];
+  }
+  if (k == 0)
+    snprintf(buf, size, "%13s", "-");
+  else
+    snprintf(buf, size, "%5.2fx %3u/%-3u", bench_median(r, k), wins, k);
+}
+
+/* The paced percentiles paired by repetition, against each reference on
+ * its own; the references against each other show how far two transports
+ * that wake the loop the same way differ here by chance. */
+static void print_paired(const opts_t* o, qcase_t* cases) {
+  unsigned pi, k, ref;
+  printf("\nPaced latency paired by repetition: median over the %u "
+         "repetitions of\npattern / reference, and in how many repetitions the "
+         "pattern was at most\nthe reference\n", o->paced_runs);
+  printf("%-3s %-14s | %-29s | %-29s\n", "", "", "vs ref-malloc",
+         "vs ref-ring");
+  printf("%-3s %-14s | %14s %14s | %14s %14s\n", "P", "pattern", "p50",
+         "p99", "p50", "p99");
+  for (pi = 0; pi < o->nproducers; pi++) {
+    for (k = 0; k < PAT_COUNT; k++) {
+      qcase_t* c = &cases[pi * PAT_COUNT + k];
+      char cell[4][32];
+      int any = 0;
+      if (!c->ran || c->npaced == 0 || k == PAT_UVQ_DROP)
+        continue;
+      for (ref = 0; ref < 2; ref++) {
+        qcase_t* rc = &cases[pi * PAT_COUNT + PAT_REF_MALLOC + ref];
+        if (k == PAT_REF_MALLOC + ref || !rc->ran || rc->npaced == 0) {
+          snprintf(cell[2 * ref], sizeof(cell[0]), "%14s", "-");
+          snprintf(cell[2 * ref + 1], sizeof(cell[0]), "%14s", "-");
+          continue;
+        }
+        paired(c->rep_p50, rc->rep_p50, o->paced_runs, cell[2 * ref],
+               sizeof(cell[0]));
+        paired(c->rep_p99, rc->rep_p99, o->paced_runs, cell[2 * ref + 1],
+               sizeof(cell[0]));
+        any = 1;
+      }
+      if (any)
+        printf("%-3u %-14s | %14s %14s | %14s %14s\n", c->producers,
+               bench_pattern_names[k], cell[0], cell[1], cell[2], cell[3]);
+    }
+  }
+}
+
 static void print_queue(const opts_t* o, qcase_t* cases) {
   unsigned pi, k;
   char a[32], b[32], c1[32], d[48], e[48];
@@ -943,7 +1057,11 @@ static void print_queue(const opts_t* o, qcase_t* cases) {
   printf("\nQueue latency, enqueue -> delivery, microseconds (pooled over "
          "the runs)\n");
   printf("%-3s %-14s | saturated, 1 event in %-6u | paced, %.0f events/s "
-         "in total\n", "", "", o->sample_every, o->rate);
+         "in total, ", "", "", o->sample_every, o->rate);
+  if (o->timer_slack != 0)
+    printf("timer slack %lu ns\n", o->timer_slack);
+  else
+    printf("default timer slack\n");
   printf("%-3s %-14s | %8s %8s %9s | %8s %8s %9s %8s\n", "P", "pattern",
          "p50", "p99", "p99.9", "p50", "p99", "p99.9", "samples");
   for (pi = 0; pi < o->nproducers; pi++) {
@@ -966,6 +1084,8 @@ static void print_queue(const opts_t* o, qcase_t* cases) {
              bench_pattern_names[k], sat, paced, c->npaced);
     }
   }
+  if (o->paced_events != 0)
+    print_paired(o, cases);
 }
 
 static void print_channel(const opts_t* o, ccase_t* cases) {
@@ -1119,11 +1239,12 @@ static int write_json(const opts_t* o, qcase_t* qc, ccase_t* cc, bcase_t* bc,
   fputs("},\n", f);
   fprintf(f, "  \"config\": {\"events\": %llu, \"runs\": %u, "
           "\"capacity\": %zu, \"paced_rate\": %.0f, \"paced_events\": %llu, "
-          "\"paced_runs\": %u, \"sample_every\": %u, \"channel_events\": "
+          "\"paced_runs\": %u, \"paced_timer_slack_ns\": %lu, "
+          "\"sample_every\": %u, \"channel_events\": "
           "%llu, \"broadcast_deliveries\": %llu, \"quick\": %s},\n",
           (unsigned long long) o->events, o->runs, o->capacity, o->rate,
           (unsigned long long) o->paced_events, o->paced_runs,
-          o->sample_every, (unsigned long long) o->channel_events,
+          o->timer_slack, o->sample_every, (unsigned long long) o->channel_events,
           (unsigned long long) o->broadcast_deliveries,
           o->quick ? "true" : "false");
   fputs("  \"units\": {\"events_per_s\": \"events per second\", "
@@ -1162,6 +1283,19 @@ static int write_json(const opts_t* o, qcase_t* qc, ccase_t* cc, bcase_t* bc,
       json_lat(f, "latency_saturated_us", c->sat_q, c->nsat);
       fputs(", ", f);
       json_lat(f, "latency_paced_us", c->paced_q, c->npaced);
+      if (c->npaced != 0) {
+        fputs(", \"runs_paced_p50_us\": ", f);
+        json_runs(f, c->rep_p50, o->paced_runs);
+        fputs(", \"runs_paced_p99_us\": ", f);
+        json_runs(f, c->rep_p99, o->paced_runs);
+      }
+      if (c->have_lat_ratio) {
+        fputs(", \"paced_vs_better_ref\": {", f);
+        json_spread(f, "p50", c->lat_ratio[0]);
+        fputs(", ", f);
+        json_spread(f, "p99", c->lat_ratio[1]);
+        fputs("}", f);
+      }
       fputs(", \"ratio\": {", f);
       if (c->have_ratio[0])
         json_spread(f, "ref-malloc", c->ratio[0]);
@@ -1332,6 +1466,8 @@ int main(int argc, char** argv) {
       c->wake = runs_array(o.runs);
       c->pass = runs_array(o.runs);
       c->kept = runs_array(o.runs);
+      c->rep_p50 = runs_array(o.paced_runs);
+      c->rep_p99 = runs_array(o.paced_runs);
       c->peak_mem = -1;
     }
   }
