@@ -178,7 +178,7 @@ struct uvq_sink_s {
   void* data; /* the user's */
   /* private */
   const uvq_sink_vtable_t* vt_;
-  uv_thread_t thread_;
+  const void* thread_; /* identifies the sink's thread */
   uvq_sink_ready_cb ready_cb_;
   void* ready_arg_;
   uvq_sink_close_cb close_cb_;

@@ -119,7 +119,7 @@ static void uvq__broadcast_pass(uvq_broadcast_t* b) {
       /* Cleared before the write: a remove from inside it does not count
        * the event as abandoned, and the entry cannot be written twice. */
       e->flags &= ~UVQ__B_TODO;
-      err = uvq_sink_write(s, b->ev_);
+      err = uvq__sink_write_checked(s, b->ev_); /* same thread: see add */
       e = &b->entries_[i]; /* an add may have moved the array */
       if (err == 0) {
         b->stats_.deliveries++;
@@ -316,7 +316,7 @@ int uvq_broadcast_add(uvq_broadcast_t* b, uvq_sink_t* sink) {
 
   if (b == NULL || sink == NULL || sink == &b->sink)
     return UVQ_EINVAL;
-  if (!uvq__on_thread(b->sink.thread_) || !uvq__on_thread(sink->thread_))
+  if (!uvq__sink_on_thread(&b->sink) || !uvq__sink_on_thread(sink))
     return UVQ_ETHREAD;
   if ((b->flags_ & UVQ__B_CLOSING) || uvq_sink_is_closed(sink) == 1)
     return UVQ_ECLOSED;
@@ -350,7 +350,7 @@ int uvq_broadcast_remove(uvq_broadcast_t* b, uvq_sink_t* sink) {
 
   if (b == NULL || sink == NULL)
     return UVQ_EINVAL;
-  if (!uvq__on_thread(b->sink.thread_))
+  if (!uvq__sink_on_thread(&b->sink))
     return UVQ_ETHREAD;
   if (b->flags_ & UVQ__B_CLOSING)
     return UVQ_ECLOSED;
@@ -377,7 +377,7 @@ int uvq_broadcast_remove(uvq_broadcast_t* b, uvq_sink_t* sink) {
 int uvq_broadcast_stats(const uvq_broadcast_t* b, uvq_broadcast_stats_t* out) {
   if (b == NULL || out == NULL)
     return UVQ_EINVAL;
-  if (!uvq__on_thread(b->sink.thread_))
+  if (!uvq__sink_on_thread(&b->sink))
     return UVQ_ETHREAD;
   *out = b->stats_;
   out->sinks = b->count_ - b->holes_;

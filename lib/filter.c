@@ -104,7 +104,7 @@ int uvq_filter_init(uvq_filter_t* f, uvq_sink_t* dst, uvq_match_cb match,
                     void* arg) {
   if (f == NULL || dst == NULL || match == NULL || dst == &f->sink)
     return UVQ_EINVAL;
-  if (!uvq__on_thread(dst->thread_))
+  if (!uvq__sink_on_thread(dst))
     return UVQ_ETHREAD;
   if (uvq_sink_is_closed(dst) == 1)
     return UVQ_ECLOSED;
@@ -125,7 +125,7 @@ int uvq_filter_init(uvq_filter_t* f, uvq_sink_t* dst, uvq_match_cb match,
 int uvq_filter_stats(const uvq_filter_t* f, uvq_filter_stats_t* out) {
   if (f == NULL || out == NULL)
     return UVQ_EINVAL;
-  if (!uvq__on_thread(f->sink.thread_))
+  if (!uvq__sink_on_thread(&f->sink))
     return UVQ_ETHREAD;
   *out = f->stats_;
   return 0;

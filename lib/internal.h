@@ -87,6 +87,23 @@ static inline const void* uvq__thread_id(void) {
   return &uvq__thread_marker;
 }
 
+/* A sink's state_ (sink.c runs the state machine). */
+enum { UVQ__SINK_OPEN = 0, UVQ__SINK_CLOSING, UVQ__SINK_DONE };
+
+/* 1 when the caller runs on the sink's thread. */
+static inline int uvq__sink_on_thread(const uvq_sink_t* sink) {
+  return sink->thread_ == uvq__thread_id();
+}
+
+/* uvq_sink_write for a caller that already knows sink and ev are not NULL
+ * and that it runs on the sink's thread (a broadcaster's children were
+ * checked to share its thread when they were added). */
+static inline int uvq__sink_write_checked(uvq_sink_t* sink, uvq_event_t* ev) {
+  if (UVQ__UNLIKELY(sink->state_ != UVQ__SINK_OPEN))
+    return UVQ_ECLOSED;
+  return sink->vt_->write(sink, ev);
+}
+
 /* Add to a counter that only one thread writes (cheaper than fetch_add). */
 static inline void uvq__bump(_Atomic(uint64_t)* c, uint64_t n) {
   UVQ__STORE(c, UVQ__LOAD(c, relaxed) + n, relaxed);

@@ -509,6 +509,7 @@ typedef struct {
   uint64_t delivered;
   uint64_t discarded;
   uint64_t failed;
+  int on_sink_thread; /* the sink's thread runs this pass (it should) */
 } uvq__pass_t;
 
 /* Write ev to the sink we feed. 0: done with ev (delivered or failed and
@@ -518,7 +519,9 @@ static int uvq__to_sink(uvq_queue_t* q, uvq_event_t* ev, uvq__pass_t* p) {
   int r;
   if (uvq__is_carrier(q, ev))
     inner = ((uvq__carrier_t*) ev)->inner;
-  r = uvq_sink_write(q->sink_, inner);
+  /* uvq_sink_write's checks, the thread's once per pass (not per event) */
+  r = p->on_sink_thread ? uvq__sink_write_checked(q->sink_, inner)
+                        : UVQ_ETHREAD;
   if (r == UVQ_EAGAIN) {
     q->held_ = ev;
     return 1;
@@ -542,7 +545,7 @@ static void uvq__async_cb(uv_async_t* handle) {
   uvq_process_cb process = q->process_; /* NULL: we feed a sink */
   uint64_t removed = atomic_load(&q->removed_);
   uint64_t accepted = UVQ__COUNT(atomic_load(&q->state_));
-  uvq__pass_t p = {0, 0, 0};
+  uvq__pass_t p = {0, 0, 0, 0};
   uint64_t n = 0;
   int paused = 0;
   uint64_t s;
@@ -550,6 +553,8 @@ static void uvq__async_cb(uv_async_t* handle) {
   if (UVQ__LOAD(&q->phase_, relaxed) != UVQ__RUNNING)
     return;
   uvq__bump(&q->passes_, 1);
+  if (process == NULL)
+    p.on_sink_thread = uvq__sink_on_thread(q->sink_);
   if (stop_count != UVQ__UNPUBLISHED)
     accepted = stop_count;
   uvq__note_depth(q, accepted - removed);
@@ -766,7 +771,7 @@ int uvq_queue_init_sink(uv_loop_t* loop, uvq_queue_t* q, uvq_sink_t* dst,
                         const uvq_queue_options_t* opts) {
   if (dst == NULL)
     return UVQ_EINVAL;
-  if (!uvq__on_thread(dst->thread_))
+  if (!uvq__sink_on_thread(dst))
     return UVQ_ETHREAD;
   if (uvq_sink_is_closed(dst))
     return UVQ_ECLOSED;

@@ -275,7 +275,7 @@ int uvq_retry_init(uv_loop_t* loop, uvq_retry_t* r, uvq_sink_t* dst,
   if (loop == NULL || r == NULL || dst == NULL || strategy == NULL ||
       dst == &r->sink)
     return UVQ_EINVAL;
-  if (!uvq__on_thread(dst->thread_))
+  if (!uvq__sink_on_thread(dst))
     return UVQ_ETHREAD;
   if (uvq_sink_is_closed(dst) == 1)
     return UVQ_ECLOSED;
@@ -299,7 +299,7 @@ int uvq_retry_init(uv_loop_t* loop, uvq_retry_t* r, uvq_sink_t* dst,
 int uvq_retry_stats(const uvq_retry_t* r, uvq_retry_stats_t* out) {
   if (r == NULL || out == NULL)
     return UVQ_EINVAL;
-  if (!uvq__on_thread(r->sink.thread_))
+  if (!uvq__sink_on_thread(&r->sink))
     return UVQ_ETHREAD;
   *out = r->stats_;
   return 0;

@@ -5,13 +5,11 @@
  * user's own sink uses. */
 #include "internal.h"
 
-enum { UVQ__SINK_OPEN = 0, UVQ__SINK_CLOSING, UVQ__SINK_DONE };
-
 int uvq_sink_init(uvq_sink_t* sink, const uvq_sink_vtable_t* vt) {
   if (sink == NULL || vt == NULL || vt->write == NULL)
     return UVQ_EINVAL;
   sink->vt_ = vt;
-  sink->thread_ = uv_thread_self();
+  sink->thread_ = uvq__thread_id();
   sink->ready_cb_ = NULL;
   sink->ready_arg_ = NULL;
   sink->close_cb_ = NULL;
@@ -24,7 +22,7 @@ int uvq_sink_write(uvq_sink_t* sink, uvq_event_t* ev) {
     return UVQ_EINVAL;
   if (UVQ__UNLIKELY(sink->state_ != UVQ__SINK_OPEN))
     return UVQ_ECLOSED;
-  if (UVQ__UNLIKELY(!uvq__on_thread(sink->thread_)))
+  if (UVQ__UNLIKELY(!uvq__sink_on_thread(sink)))
     return UVQ_ETHREAD;
   return sink->vt_->write(sink, ev);
 }
@@ -32,7 +30,7 @@ int uvq_sink_write(uvq_sink_t* sink, uvq_event_t* ev) {
 int uvq_sink_close(uvq_sink_t* sink, uvq_sink_close_cb cb) {
   if (sink == NULL)
     return UVQ_EINVAL;
-  if (!uvq__on_thread(sink->thread_))
+  if (!uvq__sink_on_thread(sink))
     return UVQ_ETHREAD;
   if (sink->state_ != UVQ__SINK_OPEN)
     return 0;
