@@ -1531,6 +1531,8 @@ int main(int argc, char** argv) {
     free(qc[i].kept);
     free(qc[i].sat);
     free(qc[i].paced);
+    free(qc[i].rep_p50);
+    free(qc[i].rep_p99);
   }
   for (i = 0; i < o.nchan * CPAT_COUNT; i++)
     free(cc[i].rate);
