@@ -330,6 +330,7 @@ struct uvq_queue_s {
   /* Producers' line: state = accepted count << 2 | ASLEEP | CLOSED. */
   UVQ__ALIGNAS(UVQ__CACHELINE) UVQ__ATOMIC(uint64_t) state_;
   UVQ__ATOMIC(uvq_event_t*) tail_;
+  UVQ__ATOMIC(uint64_t) room_hint_; /* bounded: a past value of removed_ */
   /* Slow-path line: blocked producers, stop requests, rare counters. */
   UVQ__ALIGNAS(UVQ__CACHELINE) UVQ__ATOMIC(unsigned) inside_;
   UVQ__ATOMIC(int) stop_mode_;

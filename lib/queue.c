@@ -163,18 +163,32 @@ static inline void uvq__release(uvq_queue_t* q, uvq_event_t* ev) {
 }
 
 /* One attempt to take a ticket on a bounded queue: 0 when taken (*old is
- * the state before), UVQ_EFULL or UVQ_ECLOSED otherwise. */
+ * the state before), UVQ_EFULL or UVQ_ECLOSED otherwise.
+ *
+ * The depth is count - removed, with removed read before the count: it only
+ * grows and never passes the count, so a count read after it gives a depth
+ * that is never too small (no false room) and never wraps below zero (no
+ * false "full" that would wait forever). removed_ lives on the consumer's
+ * line, which the loop writes after every event; reading it on every
+ * enqueue would move that line across cores once per event. Producers read
+ * room_hint_ instead, on their own line: some earlier value of removed_
+ * (so at most removed_, and the same argument holds), refreshed from
+ * removed_ only when the hint says the queue is full. */
 static UVQ__INLINE int uvq__bounded_ticket(uvq_queue_t* q, uint64_t* old) {
+  uint64_t removed = UVQ__LOAD(&q->room_hint_, acquire);
+  uint64_t s = atomic_load(&q->state_);
   for (;;) {
-    /* removed_ first: it only grows and never passes the count, so a count
-     * read after it gives a depth that is never too small (no false room)
-     * and never wraps below zero (no false "full" that would wait forever). */
-    uint64_t removed = atomic_load(&q->removed_);
-    uint64_t s = atomic_load(&q->state_);
     if (UVQ__UNLIKELY((s & (UVQ__CLOSED | UVQ__INITED)) != UVQ__INITED))
       return (s & UVQ__INITED) ? UVQ_ECLOSED : UVQ_EINVAL;
-    if (UVQ__COUNT(s) - removed >= q->capacity_)
-      return UVQ_EFULL;
+    if (UVQ__UNLIKELY(UVQ__COUNT(s) - removed >= q->capacity_)) {
+      uint64_t fresh = atomic_load(&q->removed_);
+      if (fresh == removed)
+        return UVQ_EFULL; /* full even by the count read before this */
+      removed = fresh;
+      UVQ__STORE(&q->room_hint_, fresh, release);
+      s = atomic_load(&q->state_); /* the count after removed, as above */
+      continue;
+    }
     if (atomic_compare_exchange_weak(&q->state_, &s, s + UVQ__ONE)) {
       *old = s;
       return 0;
@@ -493,7 +507,9 @@ static void uvq__wake_waiters(uvq_queue_t* q) {
  * so count - removed may read one above the capacity for a moment although
  * the list never holds more than capacity events. */
 static inline uint64_t uvq__depth(const uvq_queue_t* q, uint64_t depth) {
-  if (q->capacity_ != 0 && depth > q->capacity_)
+  /* Only there: in the other modes a depth above the capacity is a bug, and
+   * the tests that check max_depth must be able to see it. */
+  if ((q->flags_ & UVQ__FLAG_LOCKED) && depth > q->capacity_)
     return q->capacity_;
   return depth;
 }
