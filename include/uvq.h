@@ -439,7 +439,10 @@ UVQ_EXTERN int uvq_queue_stats(const uvq_queue_t* q, uvq_queue_stats_t* out);
  * Events released by the queue go to opts->release, or uvq_event_unref()
  * when it is NULL (the usual choice with sinks: every event passing through
  * a sink must be set up with uvq_event_init()).
- * Loop thread (the queue's and dst's). q and dst are the caller's; dst must
+ * Loop thread (the queue's and dst's). If the loop later runs on another
+ * thread, every write fails with UVQ_ETHREAD (counted in failed, told to
+ * opts->error, the event released) and the stop closes the queue but leaves
+ * dst open for its own thread to close. q and dst are the caller's; dst must
  * stay valid until the queue's close callback; the queue becomes dst's
  * upstream (uvq_sink_set_ready_cb).
  * Returns 0; UVQ_EINVAL (NULL loop, q or dst; bad options); UVQ_ETHREAD

@@ -446,7 +446,13 @@ static void uvq__close(uvq_queue_t* q) {
     uv_close((uv_handle_t*) &q->async_, uvq__on_close);
     return;
   }
-  uvq_sink_close(dst, uvq__on_dst_closed);
+  if (uvq_sink_close(dst, uvq__on_dst_closed) != 0) {
+    /* UVQ_ETHREAD: the loop runs on another thread than the one that made
+     * dst (every write failed the same way). dst is not ours to close from
+     * here: let go of it, open, and close our handle rather than hang. */
+    uvq_sink_set_ready_cb(dst, NULL, NULL);
+    uv_close((uv_handle_t*) &q->async_, uvq__on_close);
+  }
 }
 
 static void uvq__dst_ready(uvq_sink_t* dst, void* arg) {

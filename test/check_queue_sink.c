@@ -252,6 +252,51 @@ START_TEST(queue_to_sink_counts_and_reports_failed_writes) {
 }
 END_TEST
 
+/* -- the loop run by another thread than the one that made the sink: every
+ * write fails with UVQ_ETHREAD, nothing is delivered, the stop closes the
+ * queue (no hang) and leaves the sink open for its own thread. ------------ */
+
+static void run_loop_thread(void* arg) {
+  ck_assert_int_eq(uv_run(arg, UV_RUN_DEFAULT), 0);
+}
+
+static void count_sink_closed(uvq_sink_t* s) {
+  (void) s;
+}
+
+START_TEST(queue_to_sink_drained_on_another_thread_fails_every_write) {
+  uvq_queue_options_t o = {.error = on_error};
+  uvq_queue_t q;
+  test_sink_t ts;
+  uvq_queue_stats_t st;
+  uv_thread_t other;
+  item_t* items = make_items(5, 0);
+  unsigned i;
+
+  test_sink_init(&ts);
+  ck_assert_int_eq(uvq_queue_init_sink(&loop, &q, &ts.sink, &o), 0);
+  for (i = 0; i < 5; i++)
+    ck_assert_int_eq(uvq_queue_try_enqueue(&q, &items[i].ev), 0);
+  ck_assert_int_eq(uvq_queue_stop(&q, UVQ_STOP_DRAIN, NULL), 0);
+  ck_assert_int_eq(uv_thread_create(&other, run_loop_thread, &loop), 0);
+  ck_assert_int_eq(uv_thread_join(&other), 0);
+  ck_assert_int_eq(uvq_queue_stats(&q, &st), 0);
+  ck_assert_uint_eq(st.failed, 5);
+  ck_assert_uint_eq(st.delivered, 0);
+  ck_assert_uint_eq(error_calls, 5);
+  ck_assert_int_eq(last_error, UVQ_ETHREAD);
+  ck_assert_uint_eq(released, 5);
+  ck_assert_uint_eq(ts.writes, 0);
+  ck_assert_int_eq(uvq_sink_is_closed(&ts.sink), 0); /* left open */
+  /* Its own thread closes it (its timer needs the loop once more). */
+  ck_assert_int_eq(uvq_sink_close(&ts.sink, count_sink_closed), 0);
+  ck_assert_int_eq(uv_run(&loop, UV_RUN_DEFAULT), 0);
+  ck_assert_uint_eq(sink_closed, 1);
+  free(items);
+  uvq_test_loop_done(&loop);
+}
+END_TEST
+
 /* -- a stuck sink holds a drain stop; a discard stop overrides it. -------- */
 
 static uvq_queue_t stuck_queue;
@@ -406,6 +451,8 @@ Suite* queue_sink_suite(void) {
   tcase_add_test(tc, queue_to_slow_sink_delivers_every_event_then_closes_it);
   tcase_add_test(tc, queue_to_sink_again_pushes_back_on_bounded_producers);
   tcase_add_test(tc, queue_to_sink_counts_and_reports_failed_writes);
+  tcase_add_test(tc,
+                 queue_to_sink_drained_on_another_thread_fails_every_write);
   tcase_add_test(tc, queue_to_stuck_sink_discard_stop_overrides_drain);
   tcase_add_test(tc, queue_as_sink_shares_one_event_between_queues);
   tcase_add_test(tc, queue_as_sink_full_block_queue_says_again_then_ready);
