@@ -50,8 +50,9 @@
 #include "internal.h"
 
 #define UVQ__FLAG_LOCKED 1 /* UVQ_DROP_OLDEST: list ops under lock_ */
-#define UVQ__FULL_SPINS 128 /* a full producer looks again this often, */
-#define UVQ__FULL_YIELDS 4  /* then yields this often, then sleeps */
+#define UVQ__FULL_SPINS 16     /* a full producer looks again this often, */
+#define UVQ__FULL_BACKOFF_MAX 6 /* waiting 1, 2, 4 .. 64 pauses between, */
+#define UVQ__FULL_YIELDS 4      /* then yields this often, then sleeps */
 
 _Thread_local char uvq__thread_marker UVQ__TLS_INITIAL_EXEC;
 
@@ -278,12 +279,23 @@ static UVQ__NOINLINE int uvq__full(uvq_queue_t* q, uvq_event_t* ev,
 
   /* The loop publishes room after every event it removes, so room often
    * comes within a microsecond: look again a few times, then give the core
-   * away a few times, before paying for a futex sleep and a broadcast. */
+   * away a few times, before paying for a futex sleep and a broadcast.
+   * Each look reads removed_, the line the loop writes per event, and takes
+   * it away from the loop's core: looking after every pause (as until
+   * 2026-12-01) made a full queue and its loop trade that line once per
+   * event, and one producer ran at 10-40 M events/s instead of 30-100 M.
+   * The wait between looks doubles (1 .. 64 pauses; about 19 us in all on
+   * this machine's 27 ns pause) so that the loop mostly runs undisturbed
+   * and frees room in runs. */
   for (spins = 0; spins < UVQ__FULL_SPINS + UVQ__FULL_YIELDS; spins++) {
-    if (spins < UVQ__FULL_SPINS)
-      uvq__cpu_relax();
-    else
+    if (spins < UVQ__FULL_SPINS) {
+      int k;
+      int n = spins < UVQ__FULL_BACKOFF_MAX ? spins : UVQ__FULL_BACKOFF_MAX;
+      for (k = 0; k < (1 << n); k++)
+        uvq__cpu_relax();
+    } else {
       sched_yield();
+    }
     r = uvq__bounded_ticket(q, &old);
     if (r != UVQ_EFULL)
       goto done;
