@@ -502,9 +502,17 @@ static UVQ__NOINLINE uvq_event_t* uvq__pop_in_flight(uvq_queue_t* q,
   if ((q->flags_ & UVQ__FLAG_LOCKED) ||
       UVQ__COUNT(UVQ__LOAD(&q->state_, relaxed)) == removed)
     return NULL;
-  for (spins = 0; spins < 256; spins++) {
+  /* Wait as long in all as 256 pauses, but look 9 times, each wait twice
+   * the last (up to 64): a look can read tail_, the producers' line, and
+   * looking after every pause pulled it away from them while they were
+   * busy enqueueing (2 producers, interleaved A/B runs: 60.6 -> 71.4 M
+   * events/s). */
+  for (spins = 0; spins < 9; spins++) {
     uvq_event_t* ev;
-    uvq__cpu_relax();
+    int k;
+    int n = spins < UVQ__FULL_BACKOFF_MAX ? spins : UVQ__FULL_BACKOFF_MAX;
+    for (k = 0; k < (1 << n); k++)
+      uvq__cpu_relax();
     ev = uvq__pop_any(q);
     if (ev != NULL)
       return ev;
