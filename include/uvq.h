@@ -333,6 +333,7 @@ struct uvq_queue_s {
   UVQ__ATOMIC(uint64_t) room_hint_; /* bounded: a past value of removed_ */
   /* Slow-path line: blocked producers, stop requests, rare counters. */
   UVQ__ALIGNAS(UVQ__CACHELINE) UVQ__ATOMIC(unsigned) inside_;
+  UVQ__ATOMIC(unsigned) spinning_; /* producers spinning for room */
   UVQ__ATOMIC(int) stop_mode_;
   UVQ__ATOMIC(uint64_t) stop_count_;
   UVQ__ATOMIC(uint64_t) dropped_new_;

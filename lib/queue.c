@@ -254,6 +254,7 @@ static UVQ__NOINLINE int uvq__full(uvq_queue_t* q, uvq_event_t* ev,
                                    int may_wait, uint64_t deadline) {
   uint64_t old;
   int spins;
+  int spinner;
   int r;
 
   if (q->overflow_ == UVQ_FAIL || (q->overflow_ == UVQ_BLOCK && !may_wait))
@@ -286,19 +287,33 @@ static UVQ__NOINLINE int uvq__full(uvq_queue_t* q, uvq_event_t* ev,
    * event, and one producer ran at 10-40 M events/s instead of 30-100 M.
    * The wait between looks doubles (1 .. 64 pauses; about 19 us in all on
    * this machine's 27 ns pause) so that the loop mostly runs undisturbed
-   * and frees room in runs. */
-  for (spins = 0; spins < UVQ__FULL_SPINS + UVQ__FULL_YIELDS; spins++) {
+   * and frees room in runs. Only one producer at a time spins (spinning_);
+   * the others go straight to yielding: with more producers than cores,
+   * spinners took the cores the loop needs to free the room they wait for. */
+  {
+    unsigned zero = 0;
+    spinner = atomic_compare_exchange_strong(&q->spinning_, &zero, 1);
+  }
+  for (spins = spinner ? 0 : UVQ__FULL_SPINS;
+       spins < UVQ__FULL_SPINS + UVQ__FULL_YIELDS; spins++) {
     if (spins < UVQ__FULL_SPINS) {
       int k;
       int n = spins < UVQ__FULL_BACKOFF_MAX ? spins : UVQ__FULL_BACKOFF_MAX;
       for (k = 0; k < (1 << n); k++)
         uvq__cpu_relax();
     } else {
+      if (spinner) {
+        atomic_store(&q->spinning_, 0);
+        spinner = 0;
+      }
       sched_yield();
     }
     r = uvq__bounded_ticket(q, &old);
-    if (r != UVQ_EFULL)
+    if (r != UVQ_EFULL) {
+      if (spinner)
+        atomic_store(&q->spinning_, 0);
       goto done;
+    }
   }
 
   uv_mutex_lock(&q->lock_);
