@@ -532,7 +532,11 @@ static UVQ__NOINLINE uvq_event_t* uvq__pop_in_flight(uvq_queue_t* q,
     if (ev != NULL)
       return ev;
   }
-  return NULL;
+  /* The producer is likely preempted between its ticket and its link, and
+   * may be waiting for this very core: give it away once before the pass
+   * ends (and re-arms), instead of polling it back through the loop. */
+  sched_yield();
+  return uvq__pop_any(q);
 }
 
 /* Tell producers blocked for room that there may be some. */
