@@ -86,11 +86,9 @@ static int uvq__broadcast_pending(const uvq_broadcast_t* b) {
   return 0;
 }
 
-static void uvq__broadcast_compact(uvq_broadcast_t* b) {
+static UVQ__NOINLINE void uvq__broadcast_compact(uvq_broadcast_t* b) {
   size_t i;
   size_t j;
-  if (b->holes_ == 0)
-    return;
   for (i = 0, j = 0; i < b->count_; i++)
     if (b->entries_[i].sink != NULL)
       b->entries_[j++] = b->entries_[i];
@@ -99,7 +97,8 @@ static void uvq__broadcast_compact(uvq_broadcast_t* b) {
 }
 
 /* Write ev_ to every entry that owes it and is not waiting. */
-static void uvq__broadcast_pass(uvq_broadcast_t* b) {
+/* Inlined into its two callers: per event, write pays no call for it. */
+static UVQ__INLINE void uvq__broadcast_pass(uvq_broadcast_t* b) {
   struct uvq__bentry_s* e;
   uvq_sink_t* s;
   size_t i;
@@ -210,7 +209,8 @@ static int uvq__broadcast_after_pass(uvq_broadcast_t* b) {
     uvq__broadcast_finish_close(b);
     return 1;
   }
-  uvq__broadcast_compact(b);
+  if (b->holes_ != 0)
+    uvq__broadcast_compact(b);
   return 0;
 }
 
