@@ -19,22 +19,8 @@ uvq_event_t* uvq_event_ref(uvq_event_t* ev) {
 }
 
 void uvq_event_unref(uvq_event_t* ev) {
-  if (ev == NULL)
-    return;
-  /* The last holder (the usual case: one queue or sink after another) skips
-   * the locked decrement. A count of 1 seen by a holder means nobody else
-   * holds the event, and only holders may ref or unref it, so the count
-   * cannot change under us; the acquire load pairs with the release half of
-   * the other holders' decrements, so their writes happen-before the
-   * release callback, as with the decrement below. */
-  if (UVQ__LOAD(&ev->refs_, acquire) == 1) {
-    UVQ__STORE(&ev->refs_, 0, relaxed);
-  } else if (atomic_fetch_sub_explicit(&ev->refs_, 1, memory_order_acq_rel) !=
-             1) {
-    return;
-  }
-  if (ev->release_ != NULL)
-    ev->release_(ev);
+  if (ev != NULL)
+    uvq__event_unref(ev);
 }
 
 unsigned uvq_event_refs(const uvq_event_t* ev) {

@@ -87,6 +87,25 @@ static inline const void* uvq__thread_id(void) {
   return &uvq__thread_marker;
 }
 
+/* uvq_event_unref for a non-NULL ev, inlined where the library drops an
+ * event per delivery (a call through the PLT otherwise).
+ * The last holder (the usual case: one queue or sink after another) skips
+ * the locked decrement. A count of 1 seen by a holder means nobody else
+ * holds the event, and only holders may ref or unref it, so the count
+ * cannot change under us; the acquire load pairs with the release half of
+ * the other holders' decrements, so their writes happen-before the release
+ * callback, as with the decrement below. */
+static inline void uvq__event_unref(uvq_event_t* ev) {
+  if (UVQ__LOAD(&ev->refs_, acquire) == 1) {
+    UVQ__STORE(&ev->refs_, 0, relaxed);
+  } else if (atomic_fetch_sub_explicit(&ev->refs_, 1, memory_order_acq_rel) !=
+             1) {
+    return;
+  }
+  if (ev->release_ != NULL)
+    ev->release_(ev);
+}
+
 /* A sink's state_ (sink.c runs the state machine). */
 enum { UVQ__SINK_OPEN = 0, UVQ__SINK_CLOSING, UVQ__SINK_DONE };
 

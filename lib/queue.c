@@ -160,7 +160,7 @@ static inline void uvq__release(uvq_queue_t* q, uvq_event_t* ev) {
   if (q->release_ != NULL && !uvq__is_carrier(q, ev))
     q->release_(q, ev);
   else
-    uvq_event_unref(ev);
+    uvq__event_unref(ev); /* never NULL here */
 }
 
 /* One attempt to take a ticket on a bounded queue: 0 when taken (*old is
