@@ -1056,8 +1056,12 @@ static void print_queue(const opts_t* o, qcase_t* cases) {
     return;
   printf("\nQueue latency, enqueue -> delivery, microseconds (pooled over "
          "the runs)\n");
-  printf("%-3s %-14s | saturated, 1 event in %-6u | paced, %.0f events/s "
-         "in total, ", "", "", o->sample_every, o->rate);
+  if (o->sample_every != 0)
+    printf("%-3s %-14s | saturated, 1 event in %-6u | ", "", "",
+           o->sample_every);
+  else
+    printf("%-3s %-14s | saturated: not sampled      | ", "", "");
+  printf("paced, %.0f events/s in total, ", o->rate);
   if (o->timer_slack != 0)
     printf("timer slack %lu ns\n", o->timer_slack);
   else
