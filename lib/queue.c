@@ -51,12 +51,23 @@
 
 #define UVQ__FLAG_LOCKED 1 /* UVQ_DROP_OLDEST: list ops under lock_ */
 #define UVQ__FULL_SPINS 16     /* a full producer looks again this often, */
-#define UVQ__FULL_BACKOFF_MAX 6 /* waiting 1, 2, 4 .. 64 pauses between, */
-#define UVQ__FULL_YIELDS 4      /* then yields this often, then sleeps */
+#define UVQ__BACKOFF_MAX 6     /* waiting 1, 2, 4 .. 64 pauses between, */
+#define UVQ__FULL_YIELDS 4     /* then yields this often, then sleeps */
 
 _Thread_local char uvq__thread_marker UVQ__TLS_INITIAL_EXEC;
 
 static void uvq__async_cb(uv_async_t* handle);
+
+/* The wait before the look-th look (from 0) at a word another core writes:
+ * 1, 2, 4 .. 64 pauses. Each look can take that word's line away from the
+ * core that writes it; doubling keeps the first looks quick and the later
+ * ones rare. */
+static inline void uvq__backoff(int look) {
+  int n = look < UVQ__BACKOFF_MAX ? look : UVQ__BACKOFF_MAX;
+  int k;
+  for (k = 0; k < (1 << n); k++)
+    uvq__cpu_relax();
+}
 
 /* -- the list ------------------------------------------------------------ */
 
@@ -297,10 +308,7 @@ static UVQ__NOINLINE int uvq__full(uvq_queue_t* q, uvq_event_t* ev,
   for (spins = spinner ? 0 : UVQ__FULL_SPINS;
        spins < UVQ__FULL_SPINS + UVQ__FULL_YIELDS; spins++) {
     if (spins < UVQ__FULL_SPINS) {
-      int k;
-      int n = spins < UVQ__FULL_BACKOFF_MAX ? spins : UVQ__FULL_BACKOFF_MAX;
-      for (k = 0; k < (1 << n); k++)
-        uvq__cpu_relax();
+      uvq__backoff(spins);
     } else {
       if (spinner) {
         atomic_store(&q->spinning_, 0);
@@ -524,10 +532,7 @@ static UVQ__NOINLINE uvq_event_t* uvq__pop_in_flight(uvq_queue_t* q,
    * events/s). */
   for (spins = 0; spins < 9; spins++) {
     uvq_event_t* ev;
-    int k;
-    int n = spins < UVQ__FULL_BACKOFF_MAX ? spins : UVQ__FULL_BACKOFF_MAX;
-    for (k = 0; k < (1 << n); k++)
-      uvq__cpu_relax();
+    uvq__backoff(spins);
     ev = uvq__pop_any(q);
     if (ev != NULL)
       return ev;
