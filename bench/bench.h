@@ -2,7 +2,7 @@
  *
  * The benchmark is one program (bench/uvq-bench.c drives it and reports);
  * each family of cases lives in its own file:
- *   queue-cases.c      uvq's queue in three modes and the two hand-written
+ *   queue-cases.c      uvq's queue in four modes and the two hand-written
  *                      reference bridges it must beat;
  *   channel-cases.c    uvq's channel and a mutex + condition variable buffer;
  *   broadcast-cases.c  uvq's broadcaster fanning out to counting sinks;
@@ -35,6 +35,7 @@ typedef enum {
   PAT_UVQ_UNBOUNDED = 0, /* uvq queue, capacity 0 */
   PAT_UVQ_BLOCK,         /* uvq queue, bounded, UVQ_BLOCK */
   PAT_UVQ_DROP,          /* uvq queue, bounded, UVQ_DROP_NEW */
+  PAT_UVQ_POLL,          /* uvq queue, unbounded, with a poll window */
   PAT_REF_MALLOC,        /* mutex + malloc'd node + uv_async_send per event */
   PAT_REF_RING,          /* mutex + array ring, send on empty -> non-empty */
   PAT_COUNT
@@ -57,6 +58,7 @@ typedef struct {
   double stall_seconds;  /* no progress for this long: give up, report */
   unsigned long timer_slack; /* paced producers' timer slack, ns (0: the
                               * system's default) */
+  unsigned poll_us;      /* PAT_UVQ_POLL: the queue's poll window */
   int measure_mem;       /* hand free heap back to the system first and
                           * measure the peak RSS growth (the cold start
                           * this causes makes the run's time meaningless) */
@@ -73,6 +75,8 @@ typedef struct {
                           * measured or unknown */
   uint64_t violations;   /* order, exactly-once, counts, unexpected errors */
   char what[200];        /* the first violation, in words */
+  double cpu_seconds;    /* the process's CPU time (user + system, every
+                          * thread) from the start signal to the end */
   uint64_t* lat;         /* latency samples in ns (malloc'd: caller frees) */
   size_t nlat;
 } qrun_res_t;
@@ -158,6 +162,9 @@ int bench_timer_slack_ok(unsigned long ns);
  * the system cannot tell (not Linux, /proc not writable). */
 int64_t bench_mem_mark(void);
 int64_t bench_mem_peak(void);
+/* The process's CPU time so far, user + system, every thread (seconds);
+ * 0 when the system cannot tell. */
+double bench_cpu_seconds(void);
 
 /* Sort v (n values) and return the q-quantile (0..1) by nearest rank; 0 for
  * n == 0. */

@@ -10,7 +10,7 @@ if (!exists("datafile")) datafile = 'bench/throughput.dat'
 if (!exists("outfile")) outfile = 'docs/bench-throughput.png'
 if (!exists("subtitle")) subtitle = ''
 
-npat = 5  # uvq-unbounded uvq-block uvq-drop ref-malloc ref-ring
+npat = 6  # uvq-unbounded uvq-block uvq-drop uvq-poll ref-malloc ref-ring
 
 set terminal pngcairo size 960,600 font "sans,11"
 set output outfile
@@ -31,10 +31,11 @@ set style data yerrorlines
 set style line 1 lc rgb "#1b6ac9" lw 2 pt 7 ps 1.2 dt 1
 set style line 2 lc rgb "#2a9d3a" lw 2 pt 5 ps 1.2 dt 1
 set style line 3 lc rgb "#8e44ad" lw 2 pt 9 ps 1.2 dt 1
-set style line 4 lc rgb "#c0392b" lw 2 pt 4 ps 1.2 dt 2
-set style line 5 lc rgb "#d68910" lw 2 pt 6 ps 1.2 dt 2
+set style line 4 lc rgb "#17a2b8" lw 2 pt 11 ps 1.2 dt 1
+set style line 5 lc rgb "#c0392b" lw 2 pt 4 ps 1.2 dt 2
+set style line 6 lc rgb "#d68910" lw 2 pt 6 ps 1.2 dt 2
 
 # Each pattern is nudged sideways a little so that the bars stay apart.
 plot for [i=0:npat-1] datafile \
-       using ($1*(1+0.03*(i-2))):(column(2+3*i)/1e6):(column(3+3*i)/1e6):(column(4+3*i)/1e6) \
+       using ($1*(1+0.03*(i-2.5))):(column(2+3*i)/1e6):(column(3+3*i)/1e6):(column(4+3*i)/1e6) \
        title columnheader(2+3*i) ls (i + 1)

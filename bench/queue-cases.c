@@ -58,7 +58,8 @@
 #define WATCHDOG_MS 500
 
 const char* const bench_pattern_names[PAT_COUNT] = {
-  "uvq-unbounded", "uvq-block", "uvq-drop", "ref-malloc", "ref-ring"
+  "uvq-unbounded", "uvq-block", "uvq-drop", "uvq-poll", "ref-malloc",
+  "ref-ring"
 };
 
 int bench_pattern_parse(const char* name) {
@@ -147,7 +148,8 @@ struct qrun_s {
 };
 
 static int is_uvq(pattern_t p) {
-  return p == PAT_UVQ_UNBOUNDED || p == PAT_UVQ_BLOCK || p == PAT_UVQ_DROP;
+  return p == PAT_UVQ_UNBOUNDED || p == PAT_UVQ_BLOCK || p == PAT_UVQ_DROP ||
+         p == PAT_UVQ_POLL;
 }
 
 /* -- the consumer, common to every pattern --------------------------------- */
@@ -529,6 +531,7 @@ int bench_queue_run(const qrun_cfg_t* c, bench_ev_t* evs, qrun_res_t* res) {
   size_t size = (sizeof(*r) + 63) / 64 * 64;
   uint64_t off = 0, dropped = 0, sends = 0, t_end;
   int64_t mark = -1;
+  double cpu0;
   unsigned k;
   int e;
 
@@ -601,10 +604,12 @@ int bench_queue_run(const qrun_cfg_t* c, bench_ev_t* evs, qrun_res_t* res) {
   if (is_uvq(r->pat)) {
     uvq_queue_options_t o;
     memset(&o, 0, sizeof(o));
-    if (r->pat != PAT_UVQ_UNBOUNDED) {
+    if (r->pat == PAT_UVQ_BLOCK || r->pat == PAT_UVQ_DROP) {
       o.capacity = c->capacity;
       o.overflow = r->pat == PAT_UVQ_BLOCK ? UVQ_BLOCK : UVQ_DROP_NEW;
     }
+    if (r->pat == PAT_UVQ_POLL)
+      o.poll_us = c->poll_us;
     o.release = uvq_on_release;
     e = uvq_queue_init(&r->loop, &r->q,
                        c->minimal ? uvq_on_event_minimal : uvq_on_event, &o);
@@ -641,6 +646,7 @@ int bench_queue_run(const qrun_cfg_t* c, bench_ev_t* evs, qrun_res_t* res) {
     uv_cond_wait(&r->gate_cond, &r->gate);
   if (c->measure_mem)
     mark = bench_mem_mark();
+  cpu0 = bench_cpu_seconds();
   r->t_start = uv_hrtime();
   r->go = 1;
   uv_cond_broadcast(&r->gate_cond);
@@ -649,6 +655,7 @@ int bench_queue_run(const qrun_cfg_t* c, bench_ev_t* evs, qrun_res_t* res) {
   uv_run(&r->loop, UV_RUN_DEFAULT);
   for (k = 0; k < r->nprod; k++)
     uv_thread_join(&r->prod[k].tid);
+  res->cpu_seconds = bench_cpu_seconds() - cpu0;
   t_end = r->t_last != 0 ? r->t_last : r->t_close;
   if (t_end == 0)
     t_end = uv_hrtime();

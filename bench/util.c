@@ -125,6 +125,14 @@ int64_t bench_mem_peak(void) {
 #endif
 }
 
+double bench_cpu_seconds(void) {
+  uv_rusage_t ru;
+  if (uv_getrusage(&ru) != 0)
+    return 0;
+  return (double) ru.ru_utime.tv_sec + (double) ru.ru_stime.tv_sec +
+         ((double) ru.ru_utime.tv_usec + (double) ru.ru_stime.tv_usec) / 1e6;
+}
+
 static int cmp_u64(const void* a, const void* b) {
   uint64_t x = *(const uint64_t*) a;
   uint64_t y = *(const uint64_t*) b;

@@ -49,6 +49,7 @@ typedef struct {
   uint64_t paced_events;
   unsigned paced_runs;
   unsigned long timer_slack;
+  unsigned poll_us;
   unsigned sample_every;
   uint64_t channel_events;
   size_t channel_capacity;
@@ -73,13 +74,14 @@ static void usage(FILE* f) {
 "  --runs R            repetitions of every case, at least 1 (default 5)\n"
 "  --producers LIST    producer counts (default 1,2,4,8)\n"
 "  --patterns LIST     queue patterns (default all): uvq-unbounded,\n"
-"                      uvq-block, uvq-drop, ref-malloc, ref-ring\n"
+"                      uvq-block, uvq-drop, uvq-poll, ref-malloc, ref-ring\n"
 "  --capacity C        bounded queue capacity (default 1024)\n"
 "  --rate R            paced offered load, events/s in total (default 200000)\n"
 "  --paced-events N    events per paced run (default 50000; 0: no paced runs)\n"
 "  --paced-runs R      paced repetitions (default 5)\n"
 "  --timer-slack NS    paced producers' timer slack in ns (Linux; default:\n"
 "                      the system's, 50000 unless changed)\n"
+"  --poll-us US        uvq-poll's poll window (default 100)\n"
 "  --sample-every K    at saturation, stamp every K-th event for latency\n"
 "                      (a power of two, default 64; 0: none)\n"
 "  --channel-events N  channel events per run (default: --events)\n"
@@ -165,6 +167,7 @@ static int parse_opts(int argc, char** argv, opts_t* o) {
     o->patterns[i] = 1;
   o->capacity = 1024;
   o->rate = 200000;
+  o->poll_us = 100;
   o->paced_events = 50000;
   o->paced_runs = 5;
   o->sample_every = 64;
@@ -270,6 +273,11 @@ static int parse_opts(int argc, char** argv, opts_t* o) {
         exit(2);
       }
       o->timer_slack = (unsigned long) v;
+    } else if (strcmp(name, "--poll-us") == 0) {
+      NEED_VAL();
+      if (parse_u64(val, &v) || v == 0 || v > UVQ_MAX_POLL_US)
+        goto bad;
+      o->poll_us = (unsigned) v;
     } else if (strcmp(name, "--sample-every") == 0) {
       NEED_VAL();
       if (parse_u64(val, &v) || v > (1u << 30) || (v & (v - 1)) != 0)
@@ -368,6 +376,7 @@ typedef struct {
   double* rep_p50;   /* each paced repetition's own p50 and p99 (us) */
   double* rep_p99;
   double paced_secs; /* summed duration of the paced runs */
+  double paced_cpu;  /* and the process's CPU time during them */
   uint64_t paced_evs;
   /* derived */
   spread_t r;
@@ -486,6 +495,7 @@ static void run_queue(const opts_t* o, qcase_t* cases) {
       cfg.producers = P;
       cfg.events = o->events;
       cfg.capacity = o->capacity;
+      cfg.poll_us = o->poll_us;
       cfg.stall_seconds = o->stall_seconds;
       cfg.measure_mem = 1;
       if (bench_queue_run(&cfg, evs, &res) != 0)
@@ -513,6 +523,7 @@ static void run_queue(const opts_t* o, qcase_t* cases) {
         cfg.producers = P;
         cfg.events = o->events;
         cfg.capacity = o->capacity;
+        cfg.poll_us = o->poll_us;
         cfg.sample_every = o->sample_every;
         cfg.stall_seconds = o->stall_seconds;
         if (bench_queue_run(&cfg, evs, &res) != 0)
@@ -548,6 +559,7 @@ static void run_queue(const opts_t* o, qcase_t* cases) {
         cfg.producers = P;
         cfg.events = o->paced_events;
         cfg.capacity = o->capacity;
+        cfg.poll_us = o->poll_us;
         cfg.rate = o->rate;
         cfg.timer_slack = o->timer_slack;
         cfg.stall_seconds = o->stall_seconds;
@@ -562,6 +574,7 @@ static void run_queue(const opts_t* o, qcase_t* cases) {
         append(&c->paced, &c->npaced, res.lat, res.nlat);
         free(res.lat);
         c->paced_secs += res.seconds;
+        c->paced_cpu += res.cpu_seconds;
         c->paced_evs += o->paced_events;
         if (res.violations != 0) {
           char where[80];
@@ -829,10 +842,10 @@ static unsigned make_targets(const opts_t* o, qcase_t* qc, ccase_t* cc,
      * the median over the paced repetitions of uvq's percentile divided by
      * the better reference's in the same repetition (the pooled figures,
      * printed beside it, are those of the latency table). */
-    for (k = PAT_UVQ_UNBOUNDED; o->paced_events && k <= PAT_UVQ_BLOCK; k++) {
+    for (k = PAT_UVQ_UNBOUNDED; o->paced_events && k <= PAT_UVQ_POLL; k++) {
       for (i = 0; i < 2; i++) {
         int any = 0;
-        if (!o->patterns[k])
+        if (!o->patterns[k] || k == PAT_UVQ_DROP)
           continue;
         if (i == 0)
           snprintf(t[n].name, sizeof(t[n].name),
@@ -1066,14 +1079,14 @@ static void print_queue(const opts_t* o, qcase_t* cases) {
     printf("timer slack %lu ns\n", o->timer_slack);
   else
     printf("default timer slack\n");
-  printf("%-3s %-14s | %8s %8s %9s | %8s %8s %9s %8s\n", "P", "pattern",
-         "p50", "p99", "p99.9", "p50", "p99", "p99.9", "samples");
+  printf("%-3s %-14s | %8s %8s %9s | %8s %8s %9s %8s %6s\n", "P", "pattern",
+         "p50", "p99", "p99.9", "p50", "p99", "p99.9", "samples", "cores");
   for (pi = 0; pi < o->nproducers; pi++) {
     for (k = 0; k < PAT_COUNT; k++) {
       qcase_t* c = &cases[pi * PAT_COUNT + k];
       if (!c->ran)
         continue;
-      char sat[40], paced[40];
+      char sat[40], paced[40], cores[16];
       if (c->nsat)
         snprintf(sat, sizeof(sat), "%8.1f %8.1f %9.1f", c->sat_q[0],
                  c->sat_q[1], c->sat_q[2]);
@@ -1084,12 +1097,20 @@ static void print_queue(const opts_t* o, qcase_t* cases) {
                  c->paced_q[1], c->paced_q[2]);
       else
         snprintf(paced, sizeof(paced), "%8s %8s %9s", "-", "-", "-");
-      printf("%-3u %-14s | %s | %s %8zu\n", c->producers,
-             bench_pattern_names[k], sat, paced, c->npaced);
+      if (c->npaced && c->paced_secs > 0)
+        snprintf(cores, sizeof(cores), "%6.2f", c->paced_cpu / c->paced_secs);
+      else
+        snprintf(cores, sizeof(cores), "%6s", "-");
+      printf("%-3u %-14s | %s | %s %8zu %s\n", c->producers,
+             bench_pattern_names[k], sat, paced, c->npaced, cores);
     }
   }
-  if (o->paced_events != 0)
+  if (o->paced_events != 0) {
+    printf("cores: the process's CPU time over the wall time of the paced "
+           "runs (every\nthread). uvq-poll: poll window %u us.\n",
+           o->poll_us);
     print_paired(o, cases);
+  }
 }
 
 static void print_channel(const opts_t* o, ccase_t* cases) {
@@ -1244,11 +1265,12 @@ static int write_json(const opts_t* o, qcase_t* qc, ccase_t* cc, bcase_t* bc,
   fprintf(f, "  \"config\": {\"events\": %llu, \"runs\": %u, "
           "\"capacity\": %zu, \"paced_rate\": %.0f, \"paced_events\": %llu, "
           "\"paced_runs\": %u, \"paced_timer_slack_ns\": %lu, "
+          "\"poll_us\": %u, "
           "\"sample_every\": %u, \"channel_events\": "
           "%llu, \"broadcast_deliveries\": %llu, \"quick\": %s},\n",
           (unsigned long long) o->events, o->runs, o->capacity, o->rate,
           (unsigned long long) o->paced_events, o->paced_runs,
-          o->timer_slack, o->sample_every, (unsigned long long) o->channel_events,
+          o->timer_slack, o->poll_us, o->sample_every, (unsigned long long) o->channel_events,
           (unsigned long long) o->broadcast_deliveries,
           o->quick ? "true" : "false");
   fputs("  \"units\": {\"events_per_s\": \"events per second\", "
@@ -1292,6 +1314,8 @@ static int write_json(const opts_t* o, qcase_t* qc, ccase_t* cc, bcase_t* bc,
         json_runs(f, c->rep_p50, o->paced_runs);
         fputs(", \"runs_paced_p99_us\": ", f);
         json_runs(f, c->rep_p99, o->paced_runs);
+        fputs(", \"paced_cpu_cores\": ", f);
+        json_num(f, c->paced_secs > 0 ? c->paced_cpu / c->paced_secs : NAN);
       }
       if (c->have_lat_ratio) {
         fputs(", \"paced_vs_better_ref\": {", f);

@@ -273,7 +273,8 @@ typedef void (*uvq_process_cb)(uvq_queue_t* q, uvq_event_t* ev);
 typedef void (*uvq_release_cb)(uvq_queue_t* q, uvq_event_t* ev);
 /* Called once on the loop thread when the queue is closed: every accepted
  * event was delivered or released, no thread is blocked in the queue, and
- * the uv_async_t is closed. The queue's memory may be freed from here on. */
+ * its libuv handles are closed. The queue's memory may be freed from here
+ * on. */
 typedef void (*uvq_queue_close_cb)(uvq_queue_t* q);
 
 #define UVQ_DEFAULT_BATCH 1024u
@@ -297,7 +298,21 @@ typedef struct {
    * UVQ_EAGAIN, before the event is released and counted in failed. ev is
    * borrowed for the call. NULL: only the count records it. */
   void (*error)(uvq_queue_t* q, uvq_event_t* ev, int err);
+  /* Poll window in microseconds; 0 (the default) means none, at most
+   * UVQ_MAX_POLL_US. After a pass that delivered something and found the
+   * queue empty, the loop keeps looking for new events for this long
+   * before it sleeps: an idle handle (unreferenced) makes each loop turn
+   * poll without blocking, and producers, who see the loop awake, send no
+   * wakeup. An event then waits for the loop's next turn (about a
+   * microsecond plus the other handles' callbacks) instead of a thread
+   * wakeup (12 to 20 us on the machines of docs/bench.md), at the price of
+   * the loop thread's core for the whole window: a steady stream closer
+   * than the window keeps the loop thread busy. Other handles still run
+   * every turn. */
+  unsigned poll_us;
 } uvq_queue_options_t;
+
+#define UVQ_MAX_POLL_US 1000000u
 
 typedef struct {
   uint64_t enqueued;       /* accepted and linked into the queue */
@@ -317,6 +332,7 @@ struct uvq_queue_s {
   /* private */
   uv_loop_t* loop_;
   uv_async_t async_;
+  uv_idle_t idle_; /* poll_us != 0 only */
   const void* loop_thread_;
   uvq_process_cb process_;
   uvq_sink_t* sink_;
@@ -350,6 +366,9 @@ struct uvq_queue_s {
   UVQ__ATOMIC(uint64_t) passes_;
   UVQ__ATOMIC(int) phase_;
   int flags_;
+  int open_handles_;   /* closing: handles whose close callback is due */
+  uint64_t poll_ns_;   /* poll window (0: none) */
+  uint64_t poll_end_;  /* uv_hrtime() at which the loop stops polling */
   void (*error_)(uvq_queue_t* q, uvq_event_t* ev, int err);
   uvq_sink_t face_;       /* uvq_queue_sink(): the queue as a sink */
   int face_waiting_;      /* a face write got UVQ_EAGAIN: tell it when room */
@@ -362,7 +381,8 @@ struct uvq_queue_s {
  * Ownership: q is the caller's memory; it must stay valid and not move until
  * the close callback; opts is read during the call only.
  * Returns 0; UVQ_EINVAL for a NULL loop, q or process, or options out of
- * range (capacity > SIZE_MAX / 4, batch > UVQ_MAX_BATCH, unknown overflow);
+ * range (capacity > SIZE_MAX / 4, batch > UVQ_MAX_BATCH, unknown overflow,
+ * poll_us > UVQ_MAX_POLL_US);
  * a libuv error (UV_ENOMEM, ...) when the async handle, mutex or condition
  * variable cannot be created. On error nothing is left to clean up. */
 UVQ_EXTERN int uvq_queue_init(uv_loop_t* loop, uvq_queue_t* q,
@@ -396,8 +416,8 @@ UVQ_EXTERN int uvq_queue_enqueue_timeout(uvq_queue_t* q, uvq_event_t* ev,
  * the moment this returns, every enqueue returns UVQ_ECLOSED and producers
  * blocked on a full queue wake with UVQ_ECLOSED. The work happens on the
  * loop thread (the loop must keep running): drain mode delivers every event
- * accepted before the stop, discard mode releases them; then the async
- * handle is closed and cb (may be NULL) runs once.
+ * accepted before the stop, discard mode releases them; then the queue's
+ * handles are closed and cb (may be NULL) runs once.
  * A second call is harmless: it returns 0, may turn a drain stop into a
  * discard stop, and its cb is ignored. A stop references the queue again
  * (uv_ref) so that an unreferenced queue still reaches its close callback:

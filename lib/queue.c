@@ -50,6 +50,7 @@
 #include "internal.h"
 
 #define UVQ__FLAG_LOCKED 1 /* UVQ_DROP_OLDEST: list ops under lock_ */
+#define UVQ__FLAG_POLL 2   /* poll_us != 0: idle_ is in use */
 #define UVQ__FULL_SPINS 16     /* a full producer looks again this often, */
 #define UVQ__BACKOFF_MAX 6     /* waiting 1, 2, 4 .. 64 pauses between, */
 #define UVQ__FULL_YIELDS 4     /* then yields this often, then sleeps */
@@ -57,6 +58,7 @@
 _Thread_local char uvq__thread_marker UVQ__TLS_INITIAL_EXEC;
 
 static void uvq__async_cb(uv_async_t* handle);
+static void uvq__drain(uvq_queue_t* q);
 
 /* The wait before the look-th look (from 0) at a word another core writes:
  * 1, 2, 4 .. 64 pauses. Each look can take that word's line away from the
@@ -451,9 +453,13 @@ int uvq_queue_stop(uvq_queue_t* q, uvq_stop_mode_t mode,
 
 /* -- the loop side --------------------------------------------------------- */
 
+/* Both handles' close callbacks come here (handle->data is q); the last
+ * one finishes the close. */
 static void uvq__on_close(uv_handle_t* handle) {
-  uvq_queue_t* q = UVQ__CONTAINER_OF(handle, uvq_queue_t, async_);
+  uvq_queue_t* q = handle->data;
   uvq_queue_close_cb cb = q->close_cb_;
+  if (--q->open_handles_ != 0)
+    return;
   UVQ__STORE(&q->phase_, UVQ__CLOSED_PHASE, release);
   uv_cond_destroy(&q->cond_);
   uv_mutex_destroy(&q->lock_);
@@ -462,9 +468,20 @@ static void uvq__on_close(uv_handle_t* handle) {
     cb(q); /* last: the user may free q here */
 }
 
+static void uvq__close_handles(uvq_queue_t* q) {
+  q->open_handles_ = 1;
+  q->async_.data = q;
+  if (q->flags_ & UVQ__FLAG_POLL) {
+    q->open_handles_ = 2;
+    q->idle_.data = q;
+    uv_close((uv_handle_t*) &q->idle_, uvq__on_close);
+  }
+  uv_close((uv_handle_t*) &q->async_, uvq__on_close);
+}
+
 static void uvq__on_dst_closed(uvq_sink_t* dst) {
   uvq_queue_t* q = dst->ready_arg_; /* we registered q as the upstream */
-  uv_close((uv_handle_t*) &q->async_, uvq__on_close);
+  uvq__close_handles(q);
 }
 
 /* Every event is accounted for and nobody is inside: close the sink we feed
@@ -472,13 +489,13 @@ static void uvq__on_dst_closed(uvq_sink_t* dst) {
 static void uvq__close(uvq_queue_t* q) {
   uvq_sink_t* dst = q->sink_;
   if (dst == NULL) {
-    uv_close((uv_handle_t*) &q->async_, uvq__on_close);
+    uvq__close_handles(q);
     return;
   }
   if (uvq_sink_is_closed(dst)) {
     /* The user closed it already; it may still be completing. */
     uvq_sink_set_ready_cb(dst, NULL, NULL);
-    uv_close((uv_handle_t*) &q->async_, uvq__on_close);
+    uvq__close_handles(q);
     return;
   }
   if (uvq_sink_close(dst, uvq__on_dst_closed) != 0) {
@@ -486,7 +503,7 @@ static void uvq__close(uvq_queue_t* q) {
      * dst (every write failed the same way). dst is not ours to close from
      * here: let go of it, open, and close our handle rather than hang. */
     uvq_sink_set_ready_cb(dst, NULL, NULL);
-    uv_close((uv_handle_t*) &q->async_, uvq__on_close);
+    uvq__close_handles(q);
   }
 }
 
@@ -604,7 +621,35 @@ static int uvq__to_sink(uvq_queue_t* q, uvq_event_t* ev, uvq__pass_t* p) {
 }
 
 static void uvq__async_cb(uv_async_t* handle) {
-  uvq_queue_t* q = UVQ__CONTAINER_OF(handle, uvq_queue_t, async_);
+  uvq__drain(UVQ__CONTAINER_OF(handle, uvq_queue_t, async_));
+}
+
+/* Polling (poll_us): an idle handle runs this every loop turn, so the loop
+ * does not block. A pass runs only when there is something to do; after
+ * the window the loop goes to sleep as a pass would. */
+static void uvq__idle_cb(uv_idle_t* handle) {
+  uvq_queue_t* q = UVQ__CONTAINER_OF(handle, uvq_queue_t, idle_);
+  uint64_t s = atomic_load(&q->state_);
+  uint64_t removed = atomic_load(&q->removed_);
+
+  if (UVQ__COUNT(s) != removed ||
+      UVQ__LOAD(&q->stop_count_, relaxed) != UVQ__UNPUBLISHED) {
+    uvq__drain(q);
+    return;
+  }
+  if (uv_hrtime() < q->poll_end_)
+    return;
+  uv_idle_stop(&q->idle_);
+  while (UVQ__COUNT(s) == removed && !(s & UVQ__ASLEEP)) {
+    if (atomic_compare_exchange_weak(&q->state_, &s, s | UVQ__ASLEEP))
+      return; /* the next producer wakes us */
+  }
+  if (UVQ__COUNT(s) != removed)
+    uvq__drain(q); /* an event came as we stopped looking */
+}
+
+/* One drain pass, from the async handle or (polling) the idle handle. */
+static void uvq__drain(uvq_queue_t* q) {
   uint64_t stop_count = UVQ__LOAD(&q->stop_count_, acquire);
   int locked = q->flags_ & UVQ__FLAG_LOCKED;
   int bounded = q->capacity_ != 0;
@@ -690,6 +735,9 @@ static void uvq__async_cb(uv_async_t* handle) {
   /* What next: close, sleep, or run again after the loop had its turn. */
   removed = atomic_load(&q->removed_);
   stop_count = UVQ__LOAD(&q->stop_count_, acquire);
+  if (UVQ__UNLIKELY(q->flags_ & UVQ__FLAG_POLL) &&
+      (paused || stop_count != UVQ__UNPUBLISHED))
+    uv_idle_stop(&q->idle_); /* the async handle brings us back */
   if (stop_count != UVQ__UNPUBLISHED) {
     uv_ref((uv_handle_t*) &q->async_); /* see uvq_queue_stop */
     if (removed == stop_count && q->held_ == NULL) {
@@ -706,6 +754,15 @@ static void uvq__async_cb(uv_async_t* handle) {
   }
   if (paused)
     return; /* the sink's ready callback wakes us; producers need not */
+  if (UVQ__UNLIKELY(q->flags_ & UVQ__FLAG_POLL)) {
+    /* Stay awake: the idle handle looks every loop turn, runs the next
+     * pass when there is more, and sleeps as below once the window after
+     * the last delivery is over. */
+    if (n != 0)
+      q->poll_end_ = uv_hrtime() + q->poll_ns_;
+    uv_idle_start(&q->idle_, uvq__idle_cb); /* no-op when active */
+    return;
+  }
   if (n < q->batch_) {
     s = atomic_load(&q->state_);
     while (UVQ__COUNT(s) == removed) {
@@ -778,7 +835,7 @@ static int uvq__init(uv_loop_t* loop, uvq_queue_t* q, uvq_process_cb process,
   else
     memset(&o, 0, sizeof(o));
   if (o.capacity > SIZE_MAX / 4 || o.batch > UVQ_MAX_BATCH ||
-      (unsigned) o.overflow > UVQ_DROP_OLDEST)
+      (unsigned) o.overflow > UVQ_DROP_OLDEST || o.poll_us > UVQ_MAX_POLL_US)
     return UVQ_EINVAL;
 
   memset((char*) q + sizeof(q->data), 0, sizeof(*q) - sizeof(q->data));
@@ -793,6 +850,9 @@ static int uvq__init(uv_loop_t* loop, uvq_queue_t* q, uvq_process_cb process,
   q->batch_ = o.batch != 0 ? o.batch : UVQ_DEFAULT_BATCH;
   if (o.capacity != 0 && o.overflow == UVQ_DROP_OLDEST)
     q->flags_ |= UVQ__FLAG_LOCKED;
+  if (o.poll_us != 0)
+    q->flags_ |= UVQ__FLAG_POLL;
+  q->poll_ns_ = (uint64_t) o.poll_us * 1000u;
   atomic_init(&q->state_, 0);
   atomic_init(&q->tail_, &q->stub_);
   atomic_init(&q->stop_count_, UVQ__UNPUBLISHED);
@@ -812,6 +872,13 @@ static int uvq__init(uv_loop_t* loop, uvq_queue_t* q, uvq_process_cb process,
   r = uv_async_init(loop, &q->async_, uvq__async_cb);
   if (r != 0)
     goto fail_async;
+  if (o.poll_us != 0) {
+    /* After the async handle, the step that can fail: uv_idle_init only
+     * links the handle into the loop (it returns 0), so nothing after here
+     * ever needs undoing, which a handle could not be without the loop. */
+    (void) uv_idle_init(loop, &q->idle_);
+    uv_unref((uv_handle_t*) &q->idle_); /* polling keeps nothing alive */
+  }
   uvq_sink_init(&q->face_, &uvq__face_vtable);
   /* Nothing queued yet: the first producer must wake the loop. */
   atomic_store(&q->state_, UVQ__INITED | UVQ__ASLEEP);

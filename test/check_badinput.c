@@ -326,12 +326,21 @@ CASE(c_qinit_overflow, (o_tmp = opts_of(4, UVQ_DROP_OLDEST + 1, 0),
                         uvq_queue_init(&loop, &qx, process_nop, &o_tmp)))
 CASE(c_qinit_overflow_neg, (o_tmp = opts_of(4, -1, 0),
                             uvq_queue_init(&loop, &qx, process_nop, &o_tmp)))
+CASE(c_qinit_poll, (o_tmp = opts_of(0, UVQ_BLOCK, 0),
+                    o_tmp.poll_us = UVQ_MAX_POLL_US + 1,
+                    uvq_queue_init(&loop, &qx, process_nop, &o_tmp)))
+CASE(c_qinit_poll_max, (o_tmp = opts_of(0, UVQ_BLOCK, 0),
+                        o_tmp.poll_us = UINT_MAX,
+                        uvq_queue_init(&loop, &qx, process_nop, &o_tmp)))
 
 /* queue: init_sink */
 CASE(c_qsink_null_loop, uvq_queue_init_sink(NULL, &qx, &ps.sink, NULL))
 CASE(c_qsink_null_q, uvq_queue_init_sink(&loop, NULL, &ps.sink, NULL))
 CASE(c_qsink_null_dst, uvq_queue_init_sink(&loop, &qx, NULL, NULL))
 CASE(c_qsink_bad_opts, (o_tmp = opts_of(SIZE_MAX, UVQ_BLOCK, 0),
+                        uvq_queue_init_sink(&loop, &qx, &ps.sink, &o_tmp)))
+CASE(c_qsink_bad_poll, (o_tmp = opts_of(0, UVQ_BLOCK, 0),
+                        o_tmp.poll_us = UVQ_MAX_POLL_US + 1,
                         uvq_queue_init_sink(&loop, &qx, &ps.sink, &o_tmp)))
 CASE(c_qsink_thread_body, uvq_queue_init_sink(&loop, &qx, &ps.sink, NULL))
 CASE(c_qsink_thread, other(c_qsink_thread_body))
@@ -620,11 +629,16 @@ static const bad_case_t cases[] = {
   ERR("uvq_queue_init", "overflow UVQ_DROP_OLDEST + 1", UVQ_EINVAL,
       c_qinit_overflow),
   ERR("uvq_queue_init", "overflow -1", UVQ_EINVAL, c_qinit_overflow_neg),
+  ERR("uvq_queue_init", "poll_us UVQ_MAX_POLL_US + 1", UVQ_EINVAL,
+      c_qinit_poll),
+  ERR("uvq_queue_init", "poll_us UINT_MAX", UVQ_EINVAL, c_qinit_poll_max),
   ERR("uvq_queue_init_sink", "NULL loop", UVQ_EINVAL, c_qsink_null_loop),
   ERR("uvq_queue_init_sink", "NULL q", UVQ_EINVAL, c_qsink_null_q),
   ERR("uvq_queue_init_sink", "NULL dst", UVQ_EINVAL, c_qsink_null_dst),
   ERR("uvq_queue_init_sink", "capacity SIZE_MAX", UVQ_EINVAL,
       c_qsink_bad_opts),
+  ERR("uvq_queue_init_sink", "poll_us UVQ_MAX_POLL_US + 1", UVQ_EINVAL,
+      c_qsink_bad_poll),
   ERR("uvq_queue_init_sink", "dst of another thread", UVQ_ETHREAD,
       c_qsink_thread),
   ERR("uvq_queue_init_sink", "dst closed", UVQ_ECLOSED, c_qsink_closed),

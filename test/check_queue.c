@@ -251,6 +251,25 @@ static unsigned fate_errors(producer_t* p, unsigned n) {
   return errors;
 }
 
+/* Run the loop until the np producers' n events each arrived, join them,
+ * and check that every one was accepted and delivered once, in order. */
+static void deliver_all_in_order(producer_t* p, unsigned np, unsigned n,
+                                 uvq_queue_stats_t* st) {
+  unsigned i;
+  run_until_delivered(np * n);
+  producers_join(p, np);
+  for (i = 0; i < np; i++) {
+    ck_assert_uint_eq(p[i].ok, n);
+    ck_assert_uint_eq(next_seq[i], n);
+  }
+  ck_assert_uint_eq(fate_errors(p, np), 0);
+  ck_assert_uint_eq(order_errors, 0);
+  ck_assert_int_eq(uvq_queue_stats(&queue, st), 0);
+  ck_assert_uint_eq(st->enqueued, np * n);
+  ck_assert_uint_eq(st->delivered, np * n);
+  ck_assert_uint_eq(st->depth, 0);
+}
+
 static unsigned producers_ok(producer_t* p, unsigned n) {
   unsigned sum = 0;
   unsigned i;
@@ -274,23 +293,11 @@ START_TEST(queue_four_producers_deliver_exactly_once_in_order) {
   unsigned n = 200000 * uvq_test_scale();
   producer_t prods[P];
   uvq_queue_stats_t st;
-  unsigned i;
 
   ck_assert_int_eq(uvq_queue_init(&loop, &queue, count_process, NULL), 0);
   producers_start(prods, P, n, VIA_ENQUEUE, 0);
   /* Run the loop until everything arrived; stop from the loop afterwards. */
-  run_until_delivered(P * n);
-  producers_join(prods, P);
-  for (i = 0; i < P; i++) {
-    ck_assert_uint_eq(prods[i].ok, n);
-    ck_assert_uint_eq(next_seq[i], n);
-  }
-  ck_assert_uint_eq(fate_errors(prods, P), 0);
-  ck_assert_uint_eq(order_errors, 0);
-  ck_assert_int_eq(uvq_queue_stats(&queue, &st), 0);
-  ck_assert_uint_eq(st.enqueued, P * n);
-  ck_assert_uint_eq(st.delivered, P * n);
-  ck_assert_uint_eq(st.depth, 0);
+  deliver_all_in_order(prods, P, n, &st);
   ck_assert_uint_lt(st.wakeups, P * n / 10);
   stop_and_close(UVQ_STOP_DRAIN);
   ck_assert_uint_eq(delivered, P * n);
@@ -1613,6 +1620,149 @@ START_TEST(queue_counters_follow_enqueue_and_drain) {
 }
 END_TEST
 
+/* -- polling (poll_us) ---------------------------------------------------- */
+
+static void count_handle(uv_handle_t* h, void* arg) {
+  (void) h;
+  (*(unsigned*) arg)++;
+}
+
+/* Handles still in the loop (closing ones included). */
+static unsigned open_handles(uv_loop_t* l) {
+  unsigned n = 0;
+  uv_walk(l, count_handle, &n);
+  return n;
+}
+
+/* Within the window the loop does not sleep (uv_backend_timeout() is 0:
+ * its next turn will not block) and producers send nothing: every event
+ * after the first is taken by a loop turn, without a wakeup. Were nothing
+ * polling, run_until_delivered would block for good (the Check timeout).
+ * A turn with nothing queued runs no drain pass. */
+START_TEST(queue_poll_window_takes_events_without_wakeups) {
+  enum { N = 20 };
+  uvq_queue_options_t o;
+  uvq_queue_stats_t st;
+  item_t it[N];
+  uint64_t passes;
+  unsigned i;
+
+  items_init(it, N, 0);
+  opts_of(&o, 0, UVQ_BLOCK, 0);
+  o.poll_us = UVQ_MAX_POLL_US; /* 1 s, far longer than the gaps here */
+  ck_assert_int_eq(uvq_queue_init(&loop, &queue, count_process, &o), 0);
+  /* (a loop that never ran has watchers to register: timeout 0) */
+  ck_assert_int_eq(uv_run(&loop, UV_RUN_NOWAIT), 1);
+  ck_assert_int_eq(uv_backend_timeout(&loop), -1); /* asleep, no poll */
+  for (i = 0; i < N; i++) {
+    ck_assert_int_eq(uvq_queue_enqueue(&queue, &it[i].ev), 0);
+    run_until_delivered(i + 1);
+    ck_assert_int_eq(uv_backend_timeout(&loop), 0); /* polling */
+  }
+  ck_assert_int_eq(uvq_queue_stats(&queue, &st), 0);
+  ck_assert_uint_eq(st.delivered, N);
+  ck_assert_uint_eq(st.wakeups, 1); /* only the first found it asleep */
+  ck_assert_uint_le(st.passes, N);
+  passes = st.passes;
+  for (i = 0; i < 1000; i++)
+    uv_run(&loop, UV_RUN_NOWAIT);
+  ck_assert_int_eq(uvq_queue_stats(&queue, &st), 0);
+  ck_assert_uint_eq(st.passes, passes);
+  ck_assert_uint_eq(order_errors, 0);
+  stop_and_close(UVQ_STOP_DRAIN);
+  ck_assert_uint_eq(open_handles(&loop), 0); /* the idle handle too */
+  uvq_test_loop_done(&loop);
+}
+END_TEST
+
+/* After the window the loop sleeps again: its next turn would block, and
+ * the next enqueue must wake it. */
+START_TEST(queue_poll_window_ends_and_the_loop_sleeps) {
+  uvq_queue_options_t o;
+  uvq_queue_stats_t st;
+  item_t it[2];
+  uint64_t t0;
+
+  items_init(it, 2, 0);
+  opts_of(&o, 0, UVQ_BLOCK, 0);
+  o.poll_us = 1000;
+  ck_assert_int_eq(uvq_queue_init(&loop, &queue, count_process, &o), 0);
+  t0 = uv_hrtime();
+  ck_assert_int_eq(uvq_queue_enqueue(&queue, &it[0].ev), 0);
+  run_until_delivered(1);
+  ck_assert_int_eq(uv_backend_timeout(&loop), 0);
+  while (uv_backend_timeout(&loop) == 0) {
+    /* 1 ms of window; 10 s means it never ends */
+    ck_assert_uint_lt(uv_hrtime() - t0, 10000000000ull);
+    uv_run(&loop, UV_RUN_NOWAIT);
+  }
+  ck_assert_uint_ge(uv_hrtime() - t0, 1000000ull); /* not cut short */
+  ck_assert_int_eq(uv_backend_timeout(&loop), -1);
+  ck_assert_int_eq(uvq_queue_stats(&queue, &st), 0);
+  ck_assert_uint_eq(st.wakeups, 1);
+  ck_assert_int_eq(uvq_queue_enqueue(&queue, &it[1].ev), 0);
+  ck_assert_int_eq(uvq_queue_stats(&queue, &st), 0);
+  ck_assert_uint_eq(st.wakeups, 2); /* it was asleep */
+  run_until_delivered(2);
+  stop_and_close(UVQ_STOP_DRAIN);
+  ck_assert_uint_eq(open_handles(&loop), 0);
+  uvq_test_loop_done(&loop);
+}
+END_TEST
+
+/* A window of a few microseconds: the loop goes from polling to sleeping
+ * and back all the time while four producers enqueue. Nothing is lost,
+ * duplicated or reordered across those turns. */
+START_TEST(queue_poll_short_window_many_producers_exactly_once_in_order) {
+  enum { P = 4 };
+  unsigned n = 20000 * uvq_test_scale();
+  uvq_queue_options_t o;
+  producer_t prods[P];
+  uvq_queue_stats_t st;
+
+  opts_of(&o, 0, UVQ_BLOCK, 64);
+  o.poll_us = 3;
+  ck_assert_int_eq(uvq_queue_init(&loop, &queue, count_process, &o), 0);
+  producers_start(prods, P, n, VIA_ENQUEUE, 0);
+  deliver_all_in_order(prods, P, n, &st);
+  stop_and_close(UVQ_STOP_DRAIN);
+  ck_assert_uint_eq(close_stats.delivered, P * n);
+  ck_assert_uint_eq(open_handles(&loop), 0);
+  producers_free(prods, P);
+  uvq_test_loop_done(&loop);
+}
+END_TEST
+
+static void stop_drain_main(void* arg) {
+  *(int*) arg = uvq_queue_stop(&queue, UVQ_STOP_DRAIN, count_close);
+}
+
+/* A stop from another thread while the loop polls: the close completes
+ * (both handles) and the close callback runs once. */
+START_TEST(queue_poll_stop_from_another_thread_while_polling) {
+  uvq_queue_options_t o;
+  item_t it[1];
+  uv_thread_t tid;
+  int rc = -1;
+
+  items_init(it, 1, 0);
+  opts_of(&o, 0, UVQ_BLOCK, 0);
+  o.poll_us = UVQ_MAX_POLL_US;
+  ck_assert_int_eq(uvq_queue_init(&loop, &queue, count_process, &o), 0);
+  ck_assert_int_eq(uvq_queue_enqueue(&queue, &it[0].ev), 0);
+  run_until_delivered(1);
+  ck_assert_int_eq(uv_backend_timeout(&loop), 0);
+  ck_assert_int_eq(uv_thread_create(&tid, stop_drain_main, &rc), 0);
+  ck_assert_int_eq(uv_thread_join(&tid), 0);
+  ck_assert_int_eq(rc, 0);
+  ck_assert_int_eq(uv_run(&loop, UV_RUN_DEFAULT), 0);
+  ck_assert_uint_eq(closed, 1);
+  ck_assert_uint_eq(close_stats.delivered, 1);
+  ck_assert_uint_eq(open_handles(&loop), 0);
+  uvq_test_loop_done(&loop);
+}
+END_TEST
+
 static atomic_int reader_done;
 static unsigned reader_errors;
 static atomic_uint reader_reads;
@@ -1811,6 +1961,11 @@ Suite* queue_suite(void) {
   tcase_add_test(tc,
        queue_stop_during_a_drop_oldest_flood_counts_every_accepted_event);
   tcase_add_test(tc, queue_counters_follow_enqueue_and_drain);
+  tcase_add_test(tc, queue_poll_window_takes_events_without_wakeups);
+  tcase_add_test(tc, queue_poll_window_ends_and_the_loop_sleeps);
+  tcase_add_test(tc,
+                 queue_poll_short_window_many_producers_exactly_once_in_order);
+  tcase_add_test(tc, queue_poll_stop_from_another_thread_while_polling);
   tcase_add_test(tc, queue_stats_are_readable_from_any_thread_while_it_runs);
 #ifndef _WIN32
   tcase_add_test(tc,

@@ -125,6 +125,7 @@ struct run_s {
   unsigned stop_who;    /* S_PRODUCER: which producer */
   int second_discard;   /* the fallback also asks for a discard stop */
   int user_release;     /* opts.release set (else uvq_event_unref) */
+  unsigned poll_us;     /* opts.poll_us (0: none) */
   /* state */
   uv_loop_t loop;
   uvq_queue_t q;
@@ -149,13 +150,13 @@ struct run_s {
 static void run_describe(run_t* r) {
   snprintf(r->desc, sizeof(r->desc),
            "seed=%llu %s cap=%zu batch=%u P=%u M=%u %s stop by %s at %u"
-           " (who %u)%s release=%s",
+           " (who %u)%s release=%s poll=%u",
            (unsigned long long) r->seed, kind_names[r->kind], r->capacity,
            r->batch, r->producers, r->per_producer,
            r->discard ? "discard" : "drain", stopper_names[r->stopper],
            r->stop_at, r->stop_who,
            r->second_discard ? " then discard" : "",
-           r->user_release ? "opts" : "unref");
+           r->user_release ? "opts" : "unref", r->poll_us);
 }
 
 static void item_released(sitem_t* it) {
@@ -341,6 +342,11 @@ static void run_configure(run_t* r, uint64_t seed) {
   }
   r->second_discard = !r->discard && rnd(&s, 3) == 0;
   r->user_release = rnd(&s, 2);
+  /* Last, so that the fields above stay what each seed always gave: a poll
+   * window in a third of the runs, short (the loop goes from polling to
+   * sleeping and back during the run) or long. */
+  if (rnd(&s, 3) == 0)
+    r->poll_us = rnd(&s, 2) ? 1 + (unsigned) rnd(&s, 50) : 1000;
   run_describe(r);
 }
 
@@ -355,6 +361,7 @@ static unsigned run_once(run_t* r) {
   memset(&o, 0, sizeof(o));
   o.capacity = r->capacity;
   o.batch = r->batch;
+  o.poll_us = r->poll_us;
   o.release = r->user_release ? q_release : NULL;
   switch (r->kind) {
   case K_FAIL:
@@ -640,6 +647,7 @@ static void node_main(void* arg) {
   o.capacity = n->id == 0 ? 4 : (n->id == 1 ? 0 : 16);
   o.overflow = n->id == 3 ? UVQ_FAIL : UVQ_BLOCK;
   o.batch = 1 + n->id * 7;
+  o.poll_us = n->id == 2 ? 20 : 0; /* one node polls between sleeps */
   n->backlog = calloc(n->ring->total, sizeof(*n->backlog));
   if (n->backlog == NULL || uv_loop_init(&n->loop) != 0 ||
       uvq_queue_init(&n->loop, &n->q, node_process, &o) != 0 ||
@@ -910,6 +918,7 @@ START_TEST(stress_broadcaster_sinks_added_removed_closing_during_writes) {
     o.capacity = 1 + rnd(&c.rng, 8);
     o.overflow = UVQ_BLOCK;
     o.batch = 1 + rnd(&c.rng, 8);
+    o.poll_us = rnd(&c.rng, 2) ? 0 : 1 + (unsigned) rnd(&c.rng, 30);
     ck_assert_int_eq(uvq_queue_init_sink(&c.loop, &c.q, &c.b.sink, &o), 0);
     c.q.data = &c;
     ck_assert_int_eq(uv_thread_create(&c.producer, chaos_producer, &c), 0);
@@ -1068,6 +1077,8 @@ START_TEST(stress_retry_closed_during_backoff_releases_everything_once) {
     memset(&o, 0, sizeof(o));
     o.capacity = 1 + rnd(&s, 4);
     o.overflow = UVQ_BLOCK;
+    /* polling while the retrying sink pauses the queue (EAGAIN) */
+    o.poll_us = rnd(&s, 2) ? 0 : 1 + (unsigned) rnd(&s, 30);
     ck_assert_int_eq(uvq_queue_init_sink(&x.loop, &x.q, &x.r.sink, &o), 0);
     x.q.data = &x;
     ck_assert_int_eq(uv_timer_init(&x.loop, &x.closer), 0);
