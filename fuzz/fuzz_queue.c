@@ -1,8 +1,11 @@
 /* libFuzzer harness: one queue, driven by the input, checked against a model.
  *
  * The input is a program. Its first four bytes choose the queue: capacity
- * 0..8 (0: unbounded), overflow policy, batch 1..4, and whether released
- * events go to opts.release or to uvq_event_unref. Every later byte is one
+ * 0..8 (0: unbounded), overflow policy, batch 1..4, whether released
+ * events go to opts.release or to uvq_event_unref (bit 0 of the fourth),
+ * and whether the queue has a poll window (bit 1; 1 to 64 us from the bits
+ * above; whether it ends between two operations is left to the clock, and
+ * no prediction of the model depends on it). Every later byte is one
  * operation (some read an argument byte):
  *
  *   enqueue, try_enqueue, enqueue_timeout(0), enqueue_timeout(5 ms),
@@ -322,6 +325,7 @@ int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
   o.overflow = policies[m.policy];
   o.batch = m.batch;
   o.release = (data[3] & 1) ? q_release_cb : NULL;
+  o.poll_us = (data[3] & 2) ? 1u + (data[3] >> 2) : 0;
   m.nevs = (unsigned) size;
   m.evs = calloc(m.nevs, sizeof(*m.evs));
   m.fifo = calloc(m.nevs, sizeof(*m.fifo));
