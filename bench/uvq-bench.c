@@ -81,7 +81,7 @@ static void usage(FILE* f) {
 "  --paced-runs R      paced repetitions (default 5)\n"
 "  --timer-slack NS    paced producers' timer slack in ns (Linux; default:\n"
 "                      the system's, 50000 unless changed)\n"
-"  --poll-us US        uvq-poll's poll window (default 100)\n"
+"  --poll-us US        uvq-poll's poll window (default 1000)\n"
 "  --sample-every K    at saturation, stamp every K-th event for latency\n"
 "                      (a power of two, default 64; 0: none)\n"
 "  --channel-events N  channel events per run (default: --events)\n"
@@ -167,7 +167,7 @@ static int parse_opts(int argc, char** argv, opts_t* o) {
     o->patterns[i] = 1;
   o->capacity = 1024;
   o->rate = 200000;
-  o->poll_us = 100;
+  o->poll_us = 1000;
   o->paced_events = 50000;
   o->paced_runs = 5;
   o->sample_every = 64;
