@@ -305,7 +305,7 @@ typedef struct {
    * poll without blocking, and producers, who see the loop awake, send no
    * wakeup. An event then waits for the loop's next turn (about a
    * microsecond plus the other handles' callbacks) instead of a thread
-   * wakeup (12 to 20 us on the machines of docs/bench.md), at the price of
+   * wakeup (20 us or more on the machine of docs/bench.md), at the price of
    * the loop thread's core for the whole window: a steady stream closer
    * than the window keeps the loop thread busy. Other handles still run
    * every turn. */
