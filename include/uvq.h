@@ -325,6 +325,8 @@ typedef struct {
   uint64_t max_depth;      /* highest depth seen at the start of a pass */
   uint64_t wakeups;        /* uv_async_send calls that woke a sleeping loop */
   uint64_t passes;         /* drain callbacks run */
+  uint64_t yields;         /* unbounded: a producer gave its CPU away, the
+                            * loop being > 65,536 events behind */
 } uvq_queue_stats_t;
 
 struct uvq_queue_s {
@@ -354,6 +356,7 @@ struct uvq_queue_s {
   UVQ__ATOMIC(uint64_t) stop_count_;
   UVQ__ATOMIC(uint64_t) dropped_new_;
   UVQ__ATOMIC(uint64_t) wakeups_;
+  UVQ__ATOMIC(uint64_t) yields_;
   /* Consumer's line. */
   UVQ__ALIGNAS(UVQ__CACHELINE) uvq_event_t* head_;
   uvq_event_t* held_;
@@ -392,7 +395,11 @@ UVQ_EXTERN int uvq_queue_init(uv_loop_t* loop, uvq_queue_t* q,
 /* Enqueue ev, applying the overflow policy; with UVQ_BLOCK a full queue makes
  * the caller wait until there is room or the queue stops. Any thread, except
  * that with UVQ_BLOCK on a bounded queue the loop thread gets UVQ_EDEADLK
- * (it would wait for itself). Allocates nothing.
+ * (it would wait for itself). Allocates nothing. On an unbounded queue it
+ * never waits, but a producer thread that finds the loop more than 65,536
+ * events behind gives its CPU away (sched_yield, one ticket in 1,024; the
+ * yields counter counts it) so that a loop sharing cores with producers can
+ * catch up.
  * Ownership: on 0 the queue owns ev until it is delivered or released; ev
  * must not be in another queue or channel. On any error the caller still
  * owns ev and nothing happened to it.

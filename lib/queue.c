@@ -54,6 +54,10 @@
 #define UVQ__FULL_SPINS 16     /* a full producer looks again this often, */
 #define UVQ__BACKOFF_MAX 6     /* waiting 1, 2, 4 .. 64 pauses between, */
 #define UVQ__FULL_YIELDS 4     /* then yields this often, then sleeps */
+#define UVQ__BEHIND_DEPTH 65536u /* unbounded: a producer this far ahead */
+#define UVQ__BEHIND_EVERY 1024u  /* looks once per this many tickets */
+/* The ticket's low bits in the state word: zero on one ticket in EVERY. */
+#define UVQ__BEHIND_MASK (((uint64_t) UVQ__BEHIND_EVERY - 1) * UVQ__ONE)
 
 _Thread_local char uvq__thread_marker UVQ__TLS_INITIAL_EXEC;
 
@@ -351,6 +355,28 @@ done:
   return r;
 }
 
+/* The loop is far behind (more than UVQ__BEHIND_DEPTH events queued):
+ * give this CPU away once, so that a loop thread sharing it with producers
+ * gets to drain. Where the loop has a core of its own, sched_yield() finds
+ * nobody else to run and returns at once. Never on the loop thread, which
+ * would only be yielding to the producers that flood it. Checked on one
+ * ticket in UVQ__BEHIND_EVERY: removed_ is the consumer's line. Returns 0
+ * (the enqueue's result) so that the hot path reaches it by a tail call. */
+static UVQ__NOINLINE int uvq__behind(uvq_queue_t* q, uint64_t old) {
+  if (UVQ__COUNT(old) - atomic_load(&q->removed_) <= UVQ__BEHIND_DEPTH ||
+      q->loop_thread_ == uvq__thread_id())
+    return 0;
+  atomic_fetch_add_explicit(&q->yields_, 1, memory_order_relaxed);
+  sched_yield();
+  return 0;
+}
+
+static UVQ__NOINLINE int uvq__push_and_wake0(uvq_queue_t* q,
+                                            uvq_event_t* ev) {
+  uvq__push_and_wake(q, ev);
+  return 0;
+}
+
 /* The hot path: unbounded, one atomic add, one exchange, one store. */
 static UVQ__INLINE int uvq__enqueue_unbounded(uvq_queue_t* q,
                                              uvq_event_t* ev) {
@@ -359,7 +385,16 @@ static UVQ__INLINE int uvq__enqueue_unbounded(uvq_queue_t* q,
    * (after a stop the count is no longer read, see stop_count_). */
   if (UVQ__UNLIKELY((old & (UVQ__CLOSED | UVQ__INITED)) != UVQ__INITED))
     return (old & UVQ__INITED) ? UVQ_ECLOSED : UVQ_EINVAL;
-  uvq__commit(q, ev, old);
+  /* uvq__commit, written out so that both slow paths are tail calls (no
+   * stack frame on the fast one). A sleeping loop is not behind. */
+  if (UVQ__UNLIKELY(old & UVQ__ASLEEP))
+    return uvq__push_and_wake0(q, ev);
+  uvq__push(q, ev);
+  /* Unbounded means nobody waits for room, not that producers may take
+   * every core from the loop: with more producers than cores, a loop that
+   * falls behind otherwise drains alone after they are done. */
+  if (UVQ__UNLIKELY((old & UVQ__BEHIND_MASK) == 0))
+    return uvq__behind(q, old);
   return 0;
 }
 
@@ -957,6 +992,7 @@ int uvq_queue_stats(const uvq_queue_t* q, uvq_queue_stats_t* out) {
   out->depth = uvq__depth(m, accepted - removed);
   out->max_depth = UVQ__LOAD(&m->max_depth_, relaxed);
   out->wakeups = UVQ__LOAD(&m->wakeups_, relaxed);
+  out->yields = UVQ__LOAD(&m->yields_, relaxed);
   out->passes = UVQ__LOAD(&m->passes_, relaxed);
   return 0;
 }

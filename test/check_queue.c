@@ -1620,6 +1620,80 @@ START_TEST(queue_counters_follow_enqueue_and_drain) {
 }
 END_TEST
 
+/* -- a loop far behind ------------------------------------------------- */
+
+/* An unbounded queue never waits, but a producer thread that finds the loop
+ * more than 65,536 events behind gives its CPU away, on one ticket in 1,024.
+ * The loop does not run until the producer is done, so nothing is removed
+ * and the count is exact: it looks at tickets 0, 1,024, 2,048 ... of
+ * 0..69,999, and yields at 66,560, 67,584, 68,608 and 69,632. */
+START_TEST(queue_producer_yields_when_the_loop_is_far_behind) {
+  enum { N = 70000 };
+  uvq_queue_options_t o;
+  producer_t prods[1];
+  uvq_queue_stats_t st;
+
+  ck_assert_int_eq(uvq_queue_init(&loop, &queue, count_process,
+                                  opts_of(&o, 0, UVQ_BLOCK, 0)), 0);
+  producers_start(prods, 1, N, VIA_ENQUEUE, 0);
+  producers_join(prods, 1);
+  ck_assert_uint_eq(prods[0].ok, N);
+  ck_assert_int_eq(uvq_queue_stats(&queue, &st), 0);
+  ck_assert_uint_eq(st.depth, N);
+  ck_assert_uint_eq(st.yields, 4);
+  run_until_delivered(N);
+  ck_assert_uint_eq(order_errors, 0);
+  ck_assert_uint_eq(fate_errors(prods, 1), 0);
+  stop_and_close(UVQ_STOP_DRAIN);
+  ck_assert_uint_eq(close_stats.yields, 4);
+  producers_free(prods, 1);
+  uvq_test_loop_done(&loop);
+}
+END_TEST
+
+/* The same flood from the loop thread: yielding would only hand the CPU to
+ * the producers that flood it, so it never does. Bounded queues have their
+ * own backpressure and never count a yield either. */
+START_TEST(queue_loop_thread_and_bounded_queues_never_yield) {
+  enum { N = 70000 };
+  uvq_queue_options_t o;
+  uvq_queue_stats_t st;
+  item_t* it = items_new(N, 0);
+  unsigned i;
+
+  ck_assert_int_eq(uvq_queue_init(&loop, &queue, count_process,
+                                  opts_of(&o, 0, UVQ_BLOCK, 0)), 0);
+  for (i = 0; i < N; i++)
+    ck_assert_int_eq(uvq_queue_enqueue(&queue, &it[i].ev), 0);
+  ck_assert_int_eq(uvq_queue_stats(&queue, &st), 0);
+  ck_assert_uint_eq(st.depth, N);
+  ck_assert_uint_eq(st.yields, 0);
+  run_until_delivered(N);
+  stop_and_close(UVQ_STOP_DRAIN);
+  uvq_test_loop_done(&loop);
+
+  /* bounded, UVQ_DROP_NEW: a producer thread keeps it full far past the
+   * tickets at which an unbounded queue would look */
+  setup();
+  items_init(it, N, 0);
+  ck_assert_int_eq(uvq_queue_init(&loop, &queue, count_process,
+                                  opts_of(&o, N, UVQ_DROP_NEW, 0)), 0);
+  {
+    producer_t prods[1];
+    producers_start(prods, 1, N, VIA_ENQUEUE, 0);
+    producers_join(prods, 1);
+    ck_assert_int_eq(uvq_queue_stats(&queue, &st), 0);
+    ck_assert_uint_eq(st.depth, N);
+    ck_assert_uint_eq(st.yields, 0);
+    run_until_delivered(N);
+    stop_and_close(UVQ_STOP_DRAIN);
+    producers_free(prods, 1);
+  }
+  uvq_test_loop_done(&loop);
+  free(it);
+}
+END_TEST
+
 /* -- polling (poll_us) ---------------------------------------------------- */
 
 static void count_handle(uv_handle_t* h, void* arg) {
@@ -1961,6 +2035,8 @@ Suite* queue_suite(void) {
   tcase_add_test(tc,
        queue_stop_during_a_drop_oldest_flood_counts_every_accepted_event);
   tcase_add_test(tc, queue_counters_follow_enqueue_and_drain);
+  tcase_add_test(tc, queue_producer_yields_when_the_loop_is_far_behind);
+  tcase_add_test(tc, queue_loop_thread_and_bounded_queues_never_yield);
   tcase_add_test(tc, queue_poll_window_takes_events_without_wakeups);
   tcase_add_test(tc, queue_poll_window_ends_and_the_loop_sleeps);
   tcase_add_test(tc,
