@@ -123,7 +123,7 @@ static UVQ__INLINE uvq_event_t* uvq__pop(uvq_queue_t* q) {
  * matters for latency: a loop woken before the link would find the event
  * missing, and a producer preempted by the very wakeup it sent (the kernel
  * often runs the woken thread at once) would keep it spinning. */
-static UVQ__NOINLINE void uvq__push_and_wake(uvq_queue_t* q, uvq_event_t* ev) {
+static UVQ__NOINLINE int uvq__push_and_wake(uvq_queue_t* q, uvq_event_t* ev) {
   uint64_t old;
   atomic_fetch_add(&q->inside_, 1);
   uvq__push(q, ev);
@@ -133,6 +133,7 @@ static UVQ__NOINLINE void uvq__push_and_wake(uvq_queue_t* q, uvq_event_t* ev) {
     uv_async_send(&q->async_);
   }
   atomic_fetch_sub(&q->inside_, 1);
+  return 0; /* the enqueue's result: callers reach us by a tail call */
 }
 
 /* Link ev; `old` is the state word our ticket replaced. Every producer that
@@ -140,7 +141,7 @@ static UVQ__NOINLINE void uvq__push_and_wake(uvq_queue_t* q, uvq_event_t* ev) {
 static UVQ__INLINE void uvq__commit(uvq_queue_t* q, uvq_event_t* ev,
                                     uint64_t old) {
   if (UVQ__UNLIKELY(old & UVQ__ASLEEP))
-    uvq__push_and_wake(q, ev);
+    (void) uvq__push_and_wake(q, ev);
   else
     uvq__push(q, ev);
 }
@@ -371,12 +372,6 @@ static UVQ__NOINLINE int uvq__behind(uvq_queue_t* q, uint64_t old) {
   return 0;
 }
 
-static UVQ__NOINLINE int uvq__push_and_wake0(uvq_queue_t* q,
-                                            uvq_event_t* ev) {
-  uvq__push_and_wake(q, ev);
-  return 0;
-}
-
 /* The hot path: unbounded, one atomic add, one exchange, one store. */
 static UVQ__INLINE int uvq__enqueue_unbounded(uvq_queue_t* q,
                                              uvq_event_t* ev) {
@@ -388,7 +383,7 @@ static UVQ__INLINE int uvq__enqueue_unbounded(uvq_queue_t* q,
   /* uvq__commit, written out so that both slow paths are tail calls (no
    * stack frame on the fast one). A sleeping loop is not behind. */
   if (UVQ__UNLIKELY(old & UVQ__ASLEEP))
-    return uvq__push_and_wake0(q, ev);
+    return uvq__push_and_wake(q, ev);
   uvq__push(q, ev);
   /* Unbounded means nobody waits for room, not that producers may take
    * every core from the loop: with more producers than cores, a loop that
@@ -659,6 +654,20 @@ static void uvq__async_cb(uv_async_t* handle) {
   uvq__drain(UVQ__CONTAINER_OF(handle, uvq_queue_t, async_));
 }
 
+/* Set ASLEEP if nothing was accepted beyond the removed count: 1 when the
+ * loop now sleeps (or already did: woken by a stop request or a stale
+ * send), 0 when there is more (events, or a producer between its ticket
+ * and its link, which will not wake us). */
+static int uvq__sleep(uvq_queue_t* q, uint64_t removed) {
+  uint64_t s = atomic_load(&q->state_);
+  while (UVQ__COUNT(s) == removed) {
+    if ((s & UVQ__ASLEEP) ||
+        atomic_compare_exchange_weak(&q->state_, &s, s | UVQ__ASLEEP))
+      return 1; /* the next producer wakes us */
+  }
+  return 0;
+}
+
 /* Polling (poll_us): an idle handle runs this every loop turn, so the loop
  * does not block. A pass runs only when there is something to do; after
  * the window the loop goes to sleep as a pass would. */
@@ -675,11 +684,7 @@ static void uvq__idle_cb(uv_idle_t* handle) {
   if (uv_hrtime() < q->poll_end_)
     return;
   uv_idle_stop(&q->idle_);
-  while (UVQ__COUNT(s) == removed && !(s & UVQ__ASLEEP)) {
-    if (atomic_compare_exchange_weak(&q->state_, &s, s | UVQ__ASLEEP))
-      return; /* the next producer wakes us */
-  }
-  if (UVQ__COUNT(s) != removed)
+  if (!uvq__sleep(q, removed))
     uvq__drain(q); /* an event came as we stopped looking */
 }
 
@@ -694,7 +699,6 @@ static void uvq__drain(uvq_queue_t* q) {
   uvq__pass_t p = {0, 0, 0, 0};
   uint64_t n = 0;
   int paused = 0;
-  uint64_t s;
 
   if (UVQ__LOAD(&q->phase_, relaxed) != UVQ__RUNNING)
     return;
@@ -798,17 +802,10 @@ static void uvq__drain(uvq_queue_t* q) {
     uv_idle_start(&q->idle_, uvq__idle_cb); /* no-op when active */
     return;
   }
-  if (n < q->batch_) {
-    s = atomic_load(&q->state_);
-    while (UVQ__COUNT(s) == removed) {
-      if (s & UVQ__ASLEEP)
-        return; /* woken by a stop request or a stale send: still asleep */
-      if (atomic_compare_exchange_weak(&q->state_, &s, s | UVQ__ASLEEP))
-        return; /* the next producer wakes us */
-    }
-    /* accepted > removed: more events, or a producer between its ticket and
-     * its link, which will not wake us. Come back after the loop's turn. */
-  }
+  if (n < q->batch_ && uvq__sleep(q, removed))
+    return;
+  /* A full batch, or more accepted than removed: come back after the
+   * loop's turn. */
   uv_async_send(&q->async_);
 }
 
