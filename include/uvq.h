@@ -370,7 +370,7 @@ struct uvq_queue_s {
   UVQ__ATOMIC(int) phase_;
   int flags_;
   int open_handles_;   /* closing: handles whose close callback is due */
-  uint64_t poll_ns_;   /* poll window (0: none) */
+  uint64_t poll_ns_;   /* poll window (0: none, idle_ unused) */
   uint64_t poll_end_;  /* uv_hrtime() at which the loop stops polling */
   void (*error_)(uvq_queue_t* q, uvq_event_t* ev, int err);
   uvq_sink_t face_;       /* uvq_queue_sink(): the queue as a sink */

@@ -50,7 +50,6 @@
 #include "internal.h"
 
 #define UVQ__FLAG_LOCKED 1 /* UVQ_DROP_OLDEST: list ops under lock_ */
-#define UVQ__FLAG_POLL 2   /* poll_us != 0: idle_ is in use */
 #define UVQ__FULL_SPINS 16     /* a full producer looks again this often, */
 #define UVQ__BACKOFF_MAX 6     /* waiting 1, 2, 4 .. 64 pauses between, */
 #define UVQ__FULL_YIELDS 4     /* then yields this often, then sleeps */
@@ -501,7 +500,7 @@ static void uvq__on_close(uv_handle_t* handle) {
 static void uvq__close_handles(uvq_queue_t* q) {
   q->open_handles_ = 1;
   q->async_.data = q;
-  if (q->flags_ & UVQ__FLAG_POLL) {
+  if (q->poll_ns_ != 0) { /* polling: idle_ was initialised */
     q->open_handles_ = 2;
     q->idle_.data = q;
     uv_close((uv_handle_t*) &q->idle_, uvq__on_close);
@@ -774,7 +773,7 @@ static void uvq__drain(uvq_queue_t* q) {
   /* What next: close, sleep, or run again after the loop had its turn. */
   removed = atomic_load(&q->removed_);
   stop_count = UVQ__LOAD(&q->stop_count_, acquire);
-  if (UVQ__UNLIKELY(q->flags_ & UVQ__FLAG_POLL) &&
+  if (UVQ__UNLIKELY(q->poll_ns_ != 0) &&
       (paused || stop_count != UVQ__UNPUBLISHED))
     uv_idle_stop(&q->idle_); /* the async handle brings us back */
   if (stop_count != UVQ__UNPUBLISHED) {
@@ -793,7 +792,7 @@ static void uvq__drain(uvq_queue_t* q) {
   }
   if (paused)
     return; /* the sink's ready callback wakes us; producers need not */
-  if (UVQ__UNLIKELY(q->flags_ & UVQ__FLAG_POLL)) {
+  if (UVQ__UNLIKELY(q->poll_ns_ != 0)) {
     /* Stay awake: the idle handle looks every loop turn, runs the next
      * pass when there is more, and sleeps as below once the window after
      * the last delivery is over. */
@@ -882,8 +881,6 @@ static int uvq__init(uv_loop_t* loop, uvq_queue_t* q, uvq_process_cb process,
   q->batch_ = o.batch != 0 ? o.batch : UVQ_DEFAULT_BATCH;
   if (o.capacity != 0 && o.overflow == UVQ_DROP_OLDEST)
     q->flags_ |= UVQ__FLAG_LOCKED;
-  if (o.poll_us != 0)
-    q->flags_ |= UVQ__FLAG_POLL;
   q->poll_ns_ = (uint64_t) o.poll_us * 1000u;
   atomic_init(&q->state_, 0);
   atomic_init(&q->tail_, &q->stub_);

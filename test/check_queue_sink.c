@@ -225,11 +225,23 @@ END_TEST
 
 /* -- failures are counted, reported and released, never silently lost. --- */
 
+/* After the close: `failed` writes failed with err (each reported to the
+ * error callback), `delivered` succeeded, and every event was released. */
+static void check_write_counts(uvq_queue_t* q, unsigned failed,
+                               unsigned delivered, int err) {
+  uvq_queue_stats_t st;
+  ck_assert_int_eq(uvq_queue_stats(q, &st), 0);
+  ck_assert_uint_eq(st.failed, failed);
+  ck_assert_uint_eq(st.delivered, delivered);
+  ck_assert_uint_eq(error_calls, failed);
+  ck_assert_int_eq(last_error, err);
+  ck_assert_uint_eq(released, failed + delivered);
+}
+
 START_TEST(queue_to_sink_counts_and_reports_failed_writes) {
   uvq_queue_options_t o = {.error = on_error};
   uvq_queue_t q;
   test_sink_t ts;
-  uvq_queue_stats_t st;
   item_t* items = make_items(30, 0);
   unsigned i;
 
@@ -240,12 +252,7 @@ START_TEST(queue_to_sink_counts_and_reports_failed_writes) {
     ck_assert_int_eq(uvq_queue_try_enqueue(&q, &items[i].ev), 0);
   ck_assert_int_eq(uvq_queue_stop(&q, UVQ_STOP_DRAIN, on_queue_closed), 0);
   ck_assert_int_eq(uv_run(&loop, UV_RUN_DEFAULT), 0);
-  ck_assert_int_eq(uvq_queue_stats(&q, &st), 0);
-  ck_assert_uint_eq(st.failed, 10);
-  ck_assert_uint_eq(st.delivered, 20);
-  ck_assert_uint_eq(error_calls, 10);
-  ck_assert_int_eq(last_error, UV_EIO);
-  ck_assert_uint_eq(released, 30);
+  check_write_counts(&q, 10, 20, UV_EIO);
   ck_assert_uint_eq(queue_closed, 1);
   free(items);
   uvq_test_loop_done(&loop);
@@ -256,8 +263,11 @@ END_TEST
  * write fails with UVQ_ETHREAD, nothing is delivered, the stop closes the
  * queue (no hang) and leaves the sink open for its own thread. ------------ */
 
+/* Not a test thread: it records what uv_run returned for the test to
+ * assert after the join. */
+static int loop_thread_rc;
 static void run_loop_thread(void* arg) {
-  ck_assert_int_eq(uv_run(arg, UV_RUN_DEFAULT), 0);
+  loop_thread_rc = uv_run(arg, UV_RUN_DEFAULT);
 }
 
 static void count_sink_closed(uvq_sink_t* s) {
@@ -268,7 +278,6 @@ START_TEST(queue_to_sink_drained_on_another_thread_fails_every_write) {
   uvq_queue_options_t o = {.error = on_error};
   uvq_queue_t q;
   test_sink_t ts;
-  uvq_queue_stats_t st;
   uv_thread_t other;
   item_t* items = make_items(5, 0);
   unsigned i;
@@ -278,14 +287,11 @@ START_TEST(queue_to_sink_drained_on_another_thread_fails_every_write) {
   for (i = 0; i < 5; i++)
     ck_assert_int_eq(uvq_queue_try_enqueue(&q, &items[i].ev), 0);
   ck_assert_int_eq(uvq_queue_stop(&q, UVQ_STOP_DRAIN, NULL), 0);
+  loop_thread_rc = -1;
   ck_assert_int_eq(uv_thread_create(&other, run_loop_thread, &loop), 0);
   ck_assert_int_eq(uv_thread_join(&other), 0);
-  ck_assert_int_eq(uvq_queue_stats(&q, &st), 0);
-  ck_assert_uint_eq(st.failed, 5);
-  ck_assert_uint_eq(st.delivered, 0);
-  ck_assert_uint_eq(error_calls, 5);
-  ck_assert_int_eq(last_error, UVQ_ETHREAD);
-  ck_assert_uint_eq(released, 5);
+  ck_assert_int_eq(loop_thread_rc, 0);
+  check_write_counts(&q, 5, 0, UVQ_ETHREAD);
   ck_assert_uint_eq(ts.writes, 0);
   ck_assert_int_eq(uvq_sink_is_closed(&ts.sink), 0); /* left open */
   /* Its own thread closes it (its timer needs the loop once more). */
