@@ -327,6 +327,8 @@ typedef struct {
   uint64_t passes;         /* drain callbacks run */
   uint64_t yields;         /* unbounded: a producer gave its CPU away, the
                             * loop being > 65,536 events behind */
+  uint64_t sleeps;         /* bounded UVQ_BLOCK: a producer slept on the
+                            * condition variable, waiting for room */
 } uvq_queue_stats_t;
 
 struct uvq_queue_s {
@@ -357,6 +359,8 @@ struct uvq_queue_s {
   UVQ__ATOMIC(uint64_t) dropped_new_;
   UVQ__ATOMIC(uint64_t) wakeups_;
   UVQ__ATOMIC(uint64_t) yields_;
+  UVQ__ATOMIC(uint64_t) sleeps_;
+  UVQ__ATOMIC(uint64_t) spin_ns_; /* bounded: how long a full producer spins */
   /* Consumer's line. */
   UVQ__ALIGNAS(UVQ__CACHELINE) uvq_event_t* head_;
   uvq_event_t* held_;
@@ -369,6 +373,7 @@ struct uvq_queue_s {
   UVQ__ATOMIC(uint64_t) passes_;
   UVQ__ATOMIC(int) phase_;
   int flags_;
+  unsigned publish_mask_; /* bounded: publish removed_ every mask+1 events */
   int open_handles_;   /* closing: handles whose close callback is due */
   uint64_t poll_ns_;   /* poll window (0: none, idle_ unused) */
   uint64_t poll_end_;  /* uv_hrtime() at which the loop stops polling */

@@ -53,6 +53,9 @@
 #define UVQ__FULL_SPINS 16     /* a full producer looks again this often, */
 #define UVQ__BACKOFF_MAX 6     /* waiting 1, 2, 4 .. 64 pauses between, */
 #define UVQ__FULL_YIELDS 4     /* then yields this often, then sleeps */
+#define UVQ__STALL_LOOKS 6     /* ... unless nothing was freed by then */
+#define UVQ__SPIN_NS 200000u   /* or spins up to this long, see uvq__full */
+#define UVQ__PUBLISH_MAX 64u  /* bounded: the loop publishes room this often */
 #define UVQ__BEHIND_DEPTH 65536u /* unbounded: a producer this far ahead */
 #define UVQ__BEHIND_EVERY 1024u  /* looks once per this many tickets */
 /* The ticket's low bits in the state word: zero on one ticket in EVERY. */
@@ -270,8 +273,13 @@ static UVQ__NOINLINE int uvq__enqueue_locked(uvq_queue_t* q,
 static UVQ__NOINLINE int uvq__full(uvq_queue_t* q, uvq_event_t* ev,
                                    int may_wait, uint64_t deadline) {
   uint64_t old;
+  uint64_t start;
+  uint64_t budget;
+  uint64_t seen;
+  uint64_t now;
   int spins;
   int spinner;
+  int slept = 0;
   int r;
 
   if (q->overflow_ == UVQ_FAIL || (q->overflow_ == UVQ_BLOCK && !may_wait))
@@ -295,32 +303,46 @@ static UVQ__NOINLINE int uvq__full(uvq_queue_t* q, uvq_event_t* ev,
     return r;
   }
 
-  /* The loop publishes room after every event it removes, so room often
-   * comes within a microsecond: look again a few times, then give the core
-   * away a few times, before paying for a futex sleep and a broadcast.
-   * Each look reads removed_, the line the loop writes per event, and takes
-   * it away from the loop's core: looking after every pause (as until
-   * 2026-12-01) made a full queue and its loop trade that line once per
-   * event, and one producer ran at 10-40 M events/s instead of 30-100 M.
-   * The wait between looks doubles (1 .. 64 pauses; about 19 us in all on
-   * this machine's 27 ns pause) so that the loop mostly runs undisturbed
-   * and frees room in runs. Only one producer at a time spins (spinning_);
-   * the others go straight to yielding: with more producers than cores,
-   * spinners took the cores the loop needs to free the room they wait for. */
+  /* Room usually comes within microseconds: look again a few times, then
+   * give the core away a few times, before paying for a futex sleep and a
+   * broadcast. Each look reads removed_, the line the loop writes, and
+   * takes it away from the loop's core: the wait between looks doubles
+   * (1 .. 64 pauses; about 19 us in all on this machine's 27 ns pause) so
+   * that the loop mostly runs undisturbed and frees room in runs. Only one
+   * producer at a time spins (spinning_); the others go straight to
+   * yielding: with more producers than cores, spinners took the cores the
+   * loop needs to free the room they wait for.
+   *
+   * The spinner then goes on looking, yielding before each look, for as
+   * long as spin_ns_ says. A producer that sleeps makes the loop broadcast
+   * and then waits for the kernel to run it again, tens of microseconds
+   * here; meanwhile the loop empties the queue and goes to sleep too, and
+   * the producer must wake it in turn: one producer and its loop fell into
+   * that convoy and moved 1024 events per two thread wakeups (10-20 M
+   * events/s instead of 50-90 M). So when a sleep ended soon (the room
+   * came within UVQ__SPIN_NS), the next waits spin that long; when it was
+   * long (a slow consumer), they go back to sleeping early, and a blocked
+   * producer burns no CPU. */
   {
     unsigned zero = 0;
     spinner = atomic_compare_exchange_strong(&q->spinning_, &zero, 1);
   }
-  for (spins = spinner ? 0 : UVQ__FULL_SPINS;
-       spins < UVQ__FULL_SPINS + UVQ__FULL_YIELDS; spins++) {
+  start = uv_hrtime();
+  budget = spinner ? UVQ__LOAD(&q->spin_ns_, relaxed) : 0;
+  seen = UVQ__LOAD(&q->room_hint_, relaxed); /* removed_ as of our look */
+  for (spins = spinner ? 0 : UVQ__FULL_SPINS;; spins++) {
+    if (spins == UVQ__STALL_LOOKS &&
+        UVQ__LOAD(&q->room_hint_, relaxed) == seen)
+      spins = UVQ__FULL_SPINS; /* the loop is not draining: yield now */
     if (spins < UVQ__FULL_SPINS) {
       uvq__backoff(spins);
-    } else {
-      if (spinner) {
-        atomic_store(&q->spinning_, 0);
-        spinner = 0;
-      }
+    } else if (spins < UVQ__FULL_SPINS + UVQ__FULL_YIELDS) {
       sched_yield();
+    } else if (budget == 0 || uv_hrtime() - start >= budget) {
+      break; /* before any deadline: timeouts are whole milliseconds */
+    } else {
+      sched_yield();
+      uvq__backoff(UVQ__BACKOFF_MAX);
     }
     r = uvq__bounded_ticket(q, &old);
     if (r != UVQ_EFULL) {
@@ -329,24 +351,31 @@ static UVQ__NOINLINE int uvq__full(uvq_queue_t* q, uvq_event_t* ev,
       goto done;
     }
   }
+  if (spinner)
+    atomic_store(&q->spinning_, 0);
 
   uv_mutex_lock(&q->lock_);
   for (;;) {
     r = uvq__bounded_ticket(q, &old);
     if (r != UVQ_EFULL)
       break;
-    if (deadline == 0) {
-      uv_cond_wait(&q->cond_, &q->lock_);
-    } else {
-      uint64_t now = uv_hrtime();
-      if (now >= deadline) {
-        r = UVQ_ETIMEDOUT;
-        break;
-      }
-      (void) uv_cond_timedwait(&q->cond_, &q->lock_, deadline - now);
+    now = deadline != 0 ? uv_hrtime() : 0;
+    if (deadline != 0 && now >= deadline) {
+      r = UVQ_ETIMEDOUT;
+      break;
     }
+    slept = 1;
+    atomic_fetch_add_explicit(&q->sleeps_, 1, memory_order_relaxed);
+    if (deadline == 0)
+      uv_cond_wait(&q->cond_, &q->lock_);
+    else
+      (void) uv_cond_timedwait(&q->cond_, &q->lock_, deadline - now);
   }
   uv_mutex_unlock(&q->lock_);
+  if (r == 0 && slept) /* was sleeping worth it? */
+    UVQ__STORE(&q->spin_ns_,
+               uv_hrtime() - start <= UVQ__SPIN_NS ? UVQ__SPIN_NS : 0,
+               relaxed);
 done:
   if (r == 0) {
     uvq__commit(q, ev, old);
@@ -732,7 +761,10 @@ static void uvq__drain(uvq_queue_t* q) {
           break;
       }
       n++;
-      if (publish) /* room for producers while we deliver */
+      /* Room for producers while we deliver, in runs: a producer that
+       * waits for room reads this line, and one store per event made
+       * the two cores trade it once per event. */
+      if (publish && (n & q->publish_mask_) == 0)
         UVQ__STORE(&q->removed_, removed + n, release);
       /* Checked per event: a discard stop (even one made by the callback
        * just run) must not wait for the end of the batch. */
@@ -801,7 +833,7 @@ static void uvq__drain(uvq_queue_t* q) {
     uv_idle_start(&q->idle_, uvq__idle_cb); /* no-op when active */
     return;
   }
-  if (n < q->batch_ && uvq__sleep(q, removed))
+  if (uvq__sleep(q, removed))
     return;
   /* A full batch, or more accepted than removed: come back after the
    * loop's turn. */
@@ -882,6 +914,10 @@ static int uvq__init(uv_loop_t* loop, uvq_queue_t* q, uvq_process_cb process,
   if (o.capacity != 0 && o.overflow == UVQ_DROP_OLDEST)
     q->flags_ |= UVQ__FLAG_LOCKED;
   q->poll_ns_ = (uint64_t) o.poll_us * 1000u;
+  /* Publish room every capacity/16 events (a power of two, 1 to 64). */
+  while (q->publish_mask_ < UVQ__PUBLISH_MAX - 1 &&
+         (q->publish_mask_ + 1) * 2 * 16 <= o.capacity)
+    q->publish_mask_ = q->publish_mask_ * 2 + 1;
   atomic_init(&q->state_, 0);
   atomic_init(&q->tail_, &q->stub_);
   atomic_init(&q->stop_count_, UVQ__UNPUBLISHED);
@@ -987,6 +1023,7 @@ int uvq_queue_stats(const uvq_queue_t* q, uvq_queue_stats_t* out) {
   out->max_depth = UVQ__LOAD(&m->max_depth_, relaxed);
   out->wakeups = UVQ__LOAD(&m->wakeups_, relaxed);
   out->yields = UVQ__LOAD(&m->yields_, relaxed);
+  out->sleeps = UVQ__LOAD(&m->sleeps_, relaxed);
   out->passes = UVQ__LOAD(&m->passes_, relaxed);
   return 0;
 }

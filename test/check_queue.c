@@ -17,6 +17,7 @@
 #include <string.h>
 #ifndef _WIN32
 # include <pthread.h>
+# include <sys/resource.h>
 # include <semaphore.h>
 # include <signal.h>
 #endif
@@ -634,6 +635,7 @@ START_TEST(queue_block_policy_try_enqueue_returns_efull) {
   ck_assert_int_eq(uvq_queue_stats(&queue, &st), 0);
   ck_assert_uint_eq(st.enqueued, 3);
   ck_assert_uint_eq(st.dropped_new + st.dropped_oldest, 0);
+  ck_assert_uint_eq(st.sleeps, 0); /* try never waits */
   run_until_delivered(3);
   ck_assert_int_eq(uvq_queue_try_enqueue(&queue, &it[3].ev), 0);
   stop_and_close(UVQ_STOP_DRAIN);
@@ -689,6 +691,7 @@ START_TEST(queue_enqueue_timeout_expires_while_the_loop_is_not_draining) {
   ck_assert_int_eq(uvq_queue_stats(&queue, &st), 0);
   ck_assert_uint_eq(st.enqueued, 2);
   ck_assert_uint_eq(st.depth, 2);
+  ck_assert_uint_ge(st.sleeps, T); /* each slept before its deadline */
   run_until_delivered(2);
   /* The timed-out events are still their callers': they can go in now. */
   for (i = 0; i < T; i++)
@@ -720,6 +723,180 @@ START_TEST(queue_enqueue_timeout_succeeds_when_room_frees) {
   ck_assert_uint_eq(item_delivered(&t.item), 1);
   stop_and_close(UVQ_STOP_DRAIN);
   ck_assert_uint_eq(close_stats.enqueued, 2);
+  uvq_test_loop_done(&loop);
+}
+END_TEST
+
+/* -- waiting for room ----------------------------------------------------- */
+
+/* A producer blocked for long goes to sleep: it must not spin for as long
+ * as it waits. The loop thread withholds the loop until the producer has
+ * slept (stats.sleeps), twice: after a long wait the next one must sleep
+ * early too. Where the system can say, the producer's CPU time over
+ * both waits (tens of milliseconds each) stays far below their length. */
+typedef struct {
+  uv_thread_t tid;
+  item_t items[2];
+  int results[2];
+  uint64_t wall_ns; /* both blocking enqueues */
+  int64_t cpu_us;   /* the same, this thread's CPU time; -1: unknown */
+} sleeper_t;
+
+static int64_t thread_cpu_us(void) {
+#if defined(RUSAGE_THREAD)
+  struct rusage ru;
+  if (getrusage(RUSAGE_THREAD, &ru) != 0)
+    return -1;
+  return (int64_t) ru.ru_utime.tv_sec * 1000000 + ru.ru_utime.tv_usec +
+         (int64_t) ru.ru_stime.tv_sec * 1000000 + ru.ru_stime.tv_usec;
+#else
+  return -1;
+#endif
+}
+
+static void sleeper_main(void* arg) {
+  sleeper_t* t = arg;
+  uint64_t t0 = uv_hrtime();
+  int64_t c0 = thread_cpu_us();
+  unsigned i;
+  for (i = 0; i < 2; i++)
+    t->results[i] = uvq_queue_enqueue(&queue, &t->items[i].ev);
+  t->wall_ns = uv_hrtime() - t0;
+  t->cpu_us = c0 < 0 ? -1 : thread_cpu_us() - c0;
+}
+
+/* Wait (not running the loop) until producers slept `n` times in all. */
+static void wait_for_sleeps(uint64_t n) {
+  uvq_queue_stats_t st;
+  uint64_t deadline = uv_hrtime() + 10 * (uint64_t) 1000000000;
+  for (;;) {
+    ck_assert_int_eq(uvq_queue_stats(&queue, &st), 0);
+    if (st.sleeps >= n)
+      break;
+    ck_assert_msg(uv_hrtime() < deadline,
+                  "a blocked producer never slept (sleeps %llu)",
+                  (unsigned long long) st.sleeps);
+    uv_sleep(1);
+  }
+  uv_sleep(20); /* and let it sleep a while */
+}
+
+START_TEST(queue_producer_blocked_for_long_sleeps_and_burns_no_cpu) {
+  uvq_queue_options_t o;
+  uvq_queue_stats_t st;
+  item_t first[1];
+  sleeper_t t;
+
+  items_init(first, 1, 0);
+  items_init(t.items, 2, 1);
+  ck_assert_int_eq(uvq_queue_init(&loop, &queue, count_process,
+                                  opts_of(&o, 1, UVQ_BLOCK, 0)), 0);
+  ck_assert_int_eq(uvq_queue_try_enqueue(&queue, &first[0].ev), 0);
+  ck_assert_int_eq(uv_thread_create(&t.tid, sleeper_main, &t), 0);
+  wait_for_sleeps(1);
+  /* One pass: it delivers `first`, and the producer, asleep, can only take
+   * the room after the pass. Its first event then fills the queue, and the
+   * second waits again (we do not run the loop) and must sleep again. */
+  run_until_delivered(1);
+  wait_for_sleeps(2);
+  run_until_delivered(3);
+  ck_assert_int_eq(uv_thread_join(&t.tid), 0);
+  ck_assert_int_eq(t.results[0], 0);
+  ck_assert_int_eq(t.results[1], 0);
+  ck_assert_uint_eq(order_errors, 0);
+  ck_assert_uint_ge(t.wall_ns, 40 * (uint64_t) 1000000);
+  if (t.cpu_us >= 0)
+    ck_assert_msg((uint64_t) t.cpu_us * 1000 < t.wall_ns / 4,
+                  "blocked producer used %lld us of CPU in %llu us",
+                  (long long) t.cpu_us,
+                  (unsigned long long) (t.wall_ns / 1000));
+  ck_assert_int_eq(uvq_queue_stats(&queue, &st), 0);
+  ck_assert_uint_ge(st.sleeps, 2);
+  ck_assert_uint_eq(st.yields, 0);
+  stop_and_close(UVQ_STOP_DRAIN);
+  ck_assert_uint_eq(close_stats.delivered, 3);
+  uvq_test_loop_done(&loop);
+}
+END_TEST
+
+/* The loop publishes room in runs of capacity / 16 events (a power of two,
+ * at most 64) while it delivers, and the rest at the end of the pass: a
+ * full queue of 64 has room again after 4 deliveries, not after each one.
+ * The process callback (loop thread) tries to enqueue a spare each time. */
+static int room_results[64];
+static unsigned room_calls;
+static item_t room_spares[64];
+
+static void room_process(uvq_queue_t* q, uvq_event_t* ev) {
+  count_process(q, ev);
+  if (room_calls < 64 && ITEM(ev)->producer == 0) {
+    room_results[room_calls] =
+        uvq_queue_try_enqueue(q, &room_spares[room_calls].ev);
+    room_calls++;
+  }
+}
+
+START_TEST(queue_loop_publishes_room_in_runs_during_a_pass) {
+  enum { CAP = 64, RUN = 4 };
+  uvq_queue_options_t o;
+  item_t it[CAP];
+  unsigned i;
+  unsigned spares_in = 0;
+
+  items_init(it, CAP, 0);
+  items_init(room_spares, CAP, 1);
+  room_calls = 0;
+  ck_assert_int_eq(uvq_queue_init(&loop, &queue, room_process,
+                                  opts_of(&o, CAP, UVQ_BLOCK, 0)), 0);
+  for (i = 0; i < CAP; i++)
+    ck_assert_int_eq(uvq_queue_try_enqueue(&queue, &it[i].ev), 0);
+  run_until_delivered(CAP);
+  ck_assert_uint_eq(room_calls, CAP);
+  for (i = 0; i < CAP; i++) {
+    /* the i+1-th delivery: RUN * floor((i+1) / RUN) removals are
+     * published, and spares_in of them were taken by spares */
+    int room = (i + 1) / RUN * RUN > spares_in;
+    ck_assert_msg(room_results[i] == (room ? 0 : UVQ_EFULL),
+                  "delivery %u: try_enqueue gave %d", i + 1,
+                  room_results[i]);
+    if (room_results[i] == 0)
+      spares_in++;
+  }
+  ck_assert_uint_eq(spares_in, CAP - RUN + 1); /* none before the RUN-th */
+  run_until_delivered(CAP + spares_in);
+  ck_assert_uint_eq(order_errors, 0);
+  stop_and_close(UVQ_STOP_DRAIN);
+  ck_assert_uint_eq(close_stats.delivered, CAP + spares_in);
+  uvq_test_loop_done(&loop);
+}
+END_TEST
+
+/* A pass that takes a whole batch and leaves the queue empty goes to sleep
+ * at once, rather than sending itself one more wakeup to find nothing. */
+START_TEST(queue_full_batch_that_empties_the_queue_sleeps_at_once) {
+  enum { BATCH = 4 };
+  uvq_queue_options_t o;
+  uvq_queue_stats_t st;
+  item_t it[BATCH + 1];
+  unsigned i;
+
+  items_init(it, BATCH + 1, 0);
+  ck_assert_int_eq(uvq_queue_init(&loop, &queue, count_process,
+                                  opts_of(&o, 0, UVQ_BLOCK, BATCH)), 0);
+  for (i = 0; i < BATCH; i++)
+    ck_assert_int_eq(uvq_queue_enqueue(&queue, &it[i].ev), 0);
+  run_until_delivered(BATCH);
+  for (i = 0; i < 3; i++)
+    uv_run(&loop, UV_RUN_NOWAIT);
+  ck_assert_int_eq(uvq_queue_stats(&queue, &st), 0);
+  ck_assert_uint_eq(st.passes, 1);
+  ck_assert_uint_eq(st.wakeups, 1);
+  ck_assert_int_eq(uv_backend_timeout(&loop), -1); /* nothing to do */
+  ck_assert_int_eq(uvq_queue_enqueue(&queue, &it[BATCH].ev), 0);
+  ck_assert_int_eq(uvq_queue_stats(&queue, &st), 0);
+  ck_assert_uint_eq(st.wakeups, 2); /* it slept, so this woke it */
+  run_until_delivered(BATCH + 1);
+  stop_and_close(UVQ_STOP_DRAIN);
   uvq_test_loop_done(&loop);
 }
 END_TEST
@@ -1574,7 +1751,8 @@ START_TEST(queue_counters_follow_enqueue_and_drain) {
   ck_assert_int_eq(uvq_queue_stats(&queue, &st), 0);
   ck_assert_uint_eq(st.enqueued + st.delivered + st.depth + st.max_depth +
                     st.wakeups + st.passes + st.dropped_new +
-                    st.dropped_oldest + st.discarded + st.failed, 0);
+                    st.dropped_oldest + st.discarded + st.failed +
+                    st.yields + st.sleeps, 0);
 
   for (i = 0; i < N; i++)
     ck_assert_int_eq(uvq_queue_enqueue(&queue, &it[i].ev), 0);
@@ -2005,6 +2183,9 @@ Suite* queue_suite(void) {
   tcase_add_test(tc,
                  queue_enqueue_timeout_expires_while_the_loop_is_not_draining);
   tcase_add_test(tc, queue_enqueue_timeout_succeeds_when_room_frees);
+  tcase_add_test(tc, queue_producer_blocked_for_long_sleeps_and_burns_no_cpu);
+  tcase_add_test(tc, queue_loop_publishes_room_in_runs_during_a_pass);
+  tcase_add_test(tc, queue_full_batch_that_empties_the_queue_sleeps_at_once);
   /* stop */
   tcase_add_test(tc, queue_drain_stop_delivers_everything_accepted);
   tcase_add_test(tc, queue_discard_stop_releases_everything_pending);
