@@ -53,8 +53,8 @@
 #define UVQ__FULL_SPINS 16     /* a full producer looks again this often, */
 #define UVQ__BACKOFF_MAX 6     /* waiting 1, 2, 4 .. 64 pauses between, */
 #define UVQ__FULL_YIELDS 4     /* then yields this often, then sleeps */
-#define UVQ__STALL_LOOKS 6     /* ... unless nothing was freed by then */
-                               /* and no other producer waits */
+#define UVQ__STALL_LOOKS 6     /* (a lone one yields after this many
+                                * looks if nothing was freed) */
 #define UVQ__SPIN_NS 200000u   /* or spins up to this long, see uvq__full */
 #define UVQ__PUBLISH_MAX 64u  /* bounded: the loop publishes room this often */
 #define UVQ__BEHIND_DEPTH 65536u /* unbounded: a producer this far ahead */
@@ -320,10 +320,10 @@ static UVQ__NOINLINE int uvq__full(uvq_queue_t* q, uvq_event_t* ev,
    * here; meanwhile the loop empties the queue and goes to sleep too, and
    * the producer must wake it in turn (one producer's runs at 17-25 M
    * events/s slept 170 to 320 times per 2 M events, those at 80-95 M 0 to
-   * 3 times). So when a sleep ended soon (the room
-   * came within UVQ__SPIN_NS), the next waits spin that long; when it was
-   * long (a slow consumer), they go back to sleeping early, and a blocked
-   * producer burns no CPU. */
+   * 3 times). So when a sleep ended soon (the room came within
+   * UVQ__SPIN_NS), the next waits spin that long; when it was long (a slow
+   * consumer), they go back to sleeping early, and a blocked producer
+   * burns no CPU. */
   {
     unsigned zero = 0;
     spinner = atomic_compare_exchange_strong(&q->spinning_, &zero, 1);
