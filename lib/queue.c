@@ -365,7 +365,7 @@ static UVQ__NOINLINE int uvq__full(uvq_queue_t* q, uvq_event_t* ev,
     r = uvq__bounded_ticket(q, &old);
     if (r != UVQ_EFULL)
       break;
-    now = deadline != 0 ? uv_hrtime() : 0;
+    now = uv_hrtime();
     if (deadline != 0 && now >= deadline) {
       r = UVQ_ETIMEDOUT;
       break;
@@ -841,8 +841,8 @@ static void uvq__drain(uvq_queue_t* q) {
   }
   if (uvq__sleep(q, removed))
     return;
-  /* A full batch, or more accepted than removed: come back after the
-   * loop's turn. */
+  /* More accepted than removed (what a full batch left, or a producer
+   * between its ticket and its link): come back after the loop's turn. */
   uv_async_send(&q->async_);
 }
 
