@@ -322,8 +322,8 @@ static UVQ__NOINLINE int uvq__full(uvq_queue_t* q, uvq_event_t* ev,
    * events/s slept 170 to 320 times per 2 M events, those at 80-95 M 0 to
    * 3 times). So when a sleep ended soon (the room came within
    * UVQ__SPIN_NS), the next waits spin that long; when it was long (a slow
-   * consumer), they go back to sleeping early, and a blocked producer
-   * burns no CPU. */
+   * consumer) or timed out, they go back to sleeping early, and a blocked
+   * producer burns no CPU. */
   {
     unsigned zero = 0;
     spinner = atomic_compare_exchange_strong(&q->spinning_, &zero, 1);
@@ -378,7 +378,10 @@ static UVQ__NOINLINE int uvq__full(uvq_queue_t* q, uvq_event_t* ev,
       (void) uv_cond_timedwait(&q->cond_, &q->lock_, deadline - now);
   }
   uv_mutex_unlock(&q->lock_);
-  if (r == 0 && slept) /* was sleeping worth it? */
+  /* Was sleeping worth it? A timeout says no as well: it came after at
+   * least a millisecond, and a producer retrying timed enqueues against a
+   * stalled loop must not spin before every sleep. */
+  if ((r == 0 && slept) || r == UVQ_ETIMEDOUT)
     UVQ__STORE(&q->spin_ns_,
                uv_hrtime() - start <= UVQ__SPIN_NS ? UVQ__SPIN_NS : 0,
                relaxed);

@@ -819,6 +819,40 @@ START_TEST(queue_producer_blocked_for_long_sleeps_and_burns_no_cpu) {
 }
 END_TEST
 
+/* A timed wait that runs out turns the spin off, as a long sleep does: a
+ * producer retrying timed enqueues against a stalled loop must not spin
+ * before each sleep. The spin is set as a sleep that ended within 200 us
+ * sets it (white box: no test can make a sleep that short on a shared
+ * machine), then one timed enqueue runs out. */
+START_TEST(queue_timed_out_wait_turns_the_spin_off) {
+  uvq_queue_options_t o;
+  uvq_queue_stats_t st;
+  item_t first[1];
+  timed_t t;
+  uint64_t spin;
+
+  items_init(first, 1, 0);
+  items_init(&t.item, 1, 1);
+  ck_assert_int_eq(uvq_queue_init(&loop, &queue, count_process,
+                                  opts_of(&o, 1, UVQ_BLOCK, 0)), 0);
+  ck_assert_int_eq(uvq_queue_try_enqueue(&queue, &first[0].ev), 0);
+  atomic_store(&queue.spin_ns_, 200000);
+  t.timeout_ms = 5; /* the loop does not run: no room can come */
+  ck_assert_int_eq(uv_thread_create(&t.tid, timed_main, &t), 0);
+  ck_assert_int_eq(uv_thread_join(&t.tid), 0);
+  ck_assert_int_eq(t.result, UVQ_ETIMEDOUT);
+  ck_assert_uint_ge(t.waited_ns, 5 * (uint64_t) 1000000);
+  spin = atomic_load(&queue.spin_ns_);
+  ck_assert_uint_eq(spin, 0);
+  ck_assert_int_eq(uvq_queue_stats(&queue, &st), 0);
+  ck_assert_uint_ge(st.sleeps, 1);
+  ck_assert_uint_eq(item_released(&t.item), 0); /* still the caller's */
+  stop_and_close(UVQ_STOP_DRAIN);
+  ck_assert_uint_eq(close_stats.delivered, 1);
+  uvq_test_loop_done(&loop);
+}
+END_TEST
+
 /* The loop publishes room in runs of capacity / 16 events (a power of two,
  * at most 64) while it delivers, and the rest at the end of the pass: a
  * full queue of 64 has room again after 4 deliveries, not after each one.
@@ -2184,6 +2218,7 @@ Suite* queue_suite(void) {
                  queue_enqueue_timeout_expires_while_the_loop_is_not_draining);
   tcase_add_test(tc, queue_enqueue_timeout_succeeds_when_room_frees);
   tcase_add_test(tc, queue_producer_blocked_for_long_sleeps_and_burns_no_cpu);
+  tcase_add_test(tc, queue_timed_out_wait_turns_the_spin_off);
   tcase_add_test(tc, queue_loop_publishes_room_in_runs_during_a_pass);
   tcase_add_test(tc, queue_full_batch_that_empties_the_queue_sleeps_at_once);
   /* stop */
