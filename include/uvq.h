@@ -321,7 +321,8 @@ typedef struct {
   uint64_t dropped_oldest; /* released by UVQ_DROP_OLDEST */
   uint64_t discarded;      /* released by a discard stop */
   uint64_t failed;         /* released after the sink's write failed */
-  uint64_t depth;          /* queued now (enqueued minus removed) */
+  uint64_t depth;          /* queued now (enqueued minus removed; never
+                            * above a bounded queue's capacity) */
   uint64_t max_depth;      /* highest depth seen at the start of a pass */
   uint64_t wakeups;        /* uv_async_send calls that woke a sleeping loop */
   uint64_t passes;         /* drain callbacks run */
@@ -342,6 +343,7 @@ struct uvq_queue_s {
   uvq_sink_t* sink_;
   uvq_release_cb release_;
   uvq_queue_close_cb close_cb_;
+  uvq_sink_close_cb dst_close_cb_; /* the user's, when they closed sink_ */
   uint64_t capacity_;
   unsigned batch_;
   int overflow_;
@@ -466,7 +468,8 @@ UVQ_EXTERN int uvq_queue_stats(const uvq_queue_t* q, uvq_queue_stats_t* out);
  *     is released and counted in failed. Never silently lost.
  * Stopping the queue (either mode) closes dst after the last event was
  * written or released; the queue's close callback runs after dst's close
- * completed. A drain stop waits for a stalled dst; a later discard stop
+ * completed (also when the user closed dst first: their close callback
+ * runs, then the queue's). A drain stop waits for a stalled dst; a later discard stop
  * overrides it (and releases the held event), so a stuck sink can never
  * hold the close forever.
  * Events released by the queue go to opts->release, or uvq_event_unref()

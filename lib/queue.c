@@ -28,10 +28,13 @@
  *   - removed_ <= accepted; depth = accepted - removed_.
  *   - Exactly one producer clears ASLEEP (of those whose ticket saw it) and
  *     sends. A producer that does not wake links last: the link is its last
- *     touch of the queue. One that wakes counts itself in inside_ before it
- *     links and sends after, so once the loop has seen every accepted event
- *     and no thread is inside (inside_ == 0), nothing can touch the queue
- *     any more and it may close.
+ *     write to the list (an unbounded one may still read removed_ after it
+ *     and count a yield, see uvq__behind, but touches nothing the close
+ *     destroys; the queue's memory is the user's to keep until every
+ *     enqueue returned, see uvq_queue_stop). One that wakes counts itself
+ *     in inside_ before it links and sends after, so once the loop has seen
+ *     every accepted event and no thread is inside (inside_ == 0), nothing
+ *     that the close destroys can be touched any more and it may close.
  *   - After stop, stop_count_ is the number of accepted events; the close
  *     begins only when removed_ == stop_count_ and inside_ == 0.
  *
@@ -66,6 +69,7 @@ _Thread_local char uvq__thread_marker UVQ__TLS_INITIAL_EXEC;
 
 static void uvq__async_cb(uv_async_t* handle);
 static void uvq__drain(uvq_queue_t* q);
+static void uvq__dst_ready(uvq_sink_t* dst, void* arg);
 
 /* The wait before the look-th look (from 0) at a word another core writes:
  * 1, 2, 4 .. 64 pauses. Each look can take that word's line away from the
@@ -401,7 +405,11 @@ done:
  * ticket in UVQ__BEHIND_EVERY: removed_ is the consumer's line. Returns 0
  * (the enqueue's result) so that the hot path reaches it by a tail call. */
 static UVQ__NOINLINE int uvq__behind(uvq_queue_t* q, uint64_t old) {
-  if (UVQ__COUNT(old) - atomic_load(&q->removed_) <= UVQ__BEHIND_DEPTH ||
+  /* Read after our link: the loop may have delivered our event and more
+   * since, so removed_ can be above our ticket (caught up, not behind). */
+  uint64_t removed = atomic_load(&q->removed_);
+  if (removed >= UVQ__COUNT(old) ||
+      UVQ__COUNT(old) - removed <= UVQ__BEHIND_DEPTH ||
       q->loop_thread_ == uvq__thread_id())
     return 0;
   atomic_fetch_add_explicit(&q->yields_, 1, memory_order_relaxed);
@@ -551,6 +559,19 @@ static void uvq__on_dst_closed(uvq_sink_t* dst) {
   uvq__close_handles(q);
 }
 
+/* The completion of a close the user began (we are still dst's upstream):
+ * their callback, which may free dst, then our handles. */
+static void uvq__on_user_dst_closed(uvq_sink_t* dst) {
+  uvq_queue_t* q = dst->ready_arg_;
+  uvq_sink_close_cb cb = q->dst_close_cb_;
+  q->dst_close_cb_ = NULL;
+  dst->ready_cb_ = NULL; /* dst is done: nothing calls it any more */
+  dst->ready_arg_ = NULL;
+  if (cb != NULL)
+    cb(dst);
+  uvq__close_handles(q);
+}
+
 /* Every event is accounted for and nobody is inside: close the sink we feed
  * (if any), then our handle. */
 static void uvq__close(uvq_queue_t* q) {
@@ -559,8 +580,17 @@ static void uvq__close(uvq_queue_t* q) {
     uvq__close_handles(q);
     return;
   }
+  if (dst->state_ == UVQ__SINK_CLOSING && dst->ready_cb_ == uvq__dst_ready &&
+      dst->ready_arg_ == q) {
+    /* The user closed it and the close is still completing: our close
+     * callback must still come after it (the user may free both there).
+     * Hook its completion; the user's callback runs first. */
+    q->dst_close_cb_ = dst->close_cb_;
+    dst->close_cb_ = uvq__on_user_dst_closed;
+    return;
+  }
   if (uvq_sink_is_closed(dst)) {
-    /* The user closed it already; it may still be completing. */
+    /* The user closed it already, and it completed. */
     uvq_sink_set_ready_cb(dst, NULL, NULL);
     uvq__close_handles(q);
     return;
@@ -604,10 +634,14 @@ static UVQ__INLINE uvq_event_t* uvq__pop_any(uvq_queue_t* q) {
  * is left to the re-armed pass. */
 static UVQ__NOINLINE uvq_event_t* uvq__pop_in_flight(uvq_queue_t* q,
                                                      uint64_t removed) {
+  /* After a stop, the stop's count: refused unbounded enqueues still add
+   * to the state's (the add is their test) but will never link. */
+  uint64_t accepted = UVQ__LOAD(&q->stop_count_, acquire);
   int spins;
+  if (accepted == UVQ__UNPUBLISHED)
+    accepted = UVQ__COUNT(UVQ__LOAD(&q->state_, relaxed));
   /* Under the lock (UVQ_DROP_OLDEST) nobody is ever half-linked. */
-  if ((q->flags_ & UVQ__FLAG_LOCKED) ||
-      UVQ__COUNT(UVQ__LOAD(&q->state_, relaxed)) == removed)
+  if ((q->flags_ & UVQ__FLAG_LOCKED) || accepted == removed)
     return NULL;
   /* Wait as long in all as 256 pauses, but look 9 times, each wait twice
    * the last (up to 64): a look can read tail_, the producers' line, and
@@ -641,8 +675,10 @@ static void uvq__wake_waiters(uvq_queue_t* q) {
  * so count - removed may read one above the capacity for a moment although
  * the list never holds more than capacity events. */
 static inline uint64_t uvq__depth(const uvq_queue_t* q, uint64_t depth) {
-  /* Only there: in the other modes a depth above the capacity is a bug, and
-   * the tests that check max_depth must be able to see it. */
+  /* Only there: in the other modes the loop's own reads never give a depth
+   * above the capacity, and the tests that check max_depth must be able to
+   * see it if they did (uvq_queue_stats clamps its depth, read from another
+   * thread, for every bounded queue). */
   if ((q->flags_ & UVQ__FLAG_LOCKED) && depth > q->capacity_)
     return q->capacity_;
   return depth;
@@ -837,7 +873,7 @@ static void uvq__drain(uvq_queue_t* q) {
     /* Stay awake: the idle handle looks every loop turn, runs the next
      * pass when there is more, and sleeps as below once the window after
      * the last delivery is over. */
-    if (n != 0)
+    if (n != 0 || p.delivered != 0 || p.failed != 0) /* held_ counts */
       q->poll_end_ = uv_hrtime() + q->poll_ns_;
     uv_idle_start(&q->idle_, uvq__idle_cb); /* no-op when active */
     return;
@@ -1028,7 +1064,12 @@ int uvq_queue_stats(const uvq_queue_t* q, uvq_queue_stats_t* out) {
   out->dropped_oldest = UVQ__LOAD(&m->dropped_oldest_, relaxed);
   out->discarded = UVQ__LOAD(&m->discarded_, relaxed);
   out->failed = UVQ__LOAD(&m->failed_, relaxed);
-  out->depth = uvq__depth(m, accepted - removed);
+  /* A reader delayed between the two loads while the loop delivers and
+   * producers refill gets too large a depth, never too small: a bounded
+   * queue never holds more than its capacity. */
+  out->depth = accepted - removed;
+  if (m->capacity_ != 0 && out->depth > m->capacity_)
+    out->depth = m->capacity_;
   out->max_depth = UVQ__LOAD(&m->max_depth_, relaxed);
   out->wakeups = UVQ__LOAD(&m->wakeups_, relaxed);
   out->yields = UVQ__LOAD(&m->yields_, relaxed);

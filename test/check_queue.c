@@ -23,6 +23,7 @@
 #endif
 
 #include "helpers.h"
+#include "fault.h"
 
 #define MAX_PRODUCERS 16
 
@@ -1863,6 +1864,136 @@ START_TEST(queue_producer_yields_when_the_loop_is_far_behind) {
 }
 END_TEST
 
+/* The check reads removed_ after the producer linked its event, so the
+ * loop may have delivered that event (and more) by then: removed_ above the
+ * ticket means caught up, not 2^64 events behind. The test stands in for
+ * that race, which no test can schedule: with the loop not running, it sets
+ * removed_ as a loop that had delivered 1,025 events would, for the one
+ * enqueue (ticket 1,024) that is checked, then puts it back. */
+typedef struct {
+  uv_thread_t tid;
+  item_t* it;
+  unsigned n;
+  unsigned ok;
+} ranger_t;
+
+static void ranger_main(void* arg) {
+  ranger_t* r = arg;
+  unsigned i;
+  for (i = 0; i < r->n; i++)
+    if (uvq_queue_enqueue(&queue, &r->it[i].ev) == 0)
+      r->ok++;
+}
+
+/* Enqueue it[0 .. n-1] from a new thread; how many were taken. */
+static unsigned enqueue_on_a_thread(item_t* it, unsigned n) {
+  ranger_t r;
+  r.it = it;
+  r.n = n;
+  r.ok = 0;
+  ck_assert_int_eq(uv_thread_create(&r.tid, ranger_main, &r), 0);
+  ck_assert_int_eq(uv_thread_join(&r.tid), 0);
+  return r.ok;
+}
+
+START_TEST(queue_producer_does_not_yield_when_the_loop_has_caught_up) {
+  enum { N = 1025 };
+  uvq_queue_options_t o;
+  uvq_queue_stats_t st;
+  item_t* it = items_new(N, 0);
+
+  ck_assert_int_eq(uvq_queue_init(&loop, &queue, count_process,
+                                  opts_of(&o, 0, UVQ_BLOCK, 0)), 0);
+  ck_assert_uint_eq(enqueue_on_a_thread(it, N - 1), N - 1); /* 0..1,023 */
+  atomic_store(&queue.removed_, N);
+  ck_assert_uint_eq(enqueue_on_a_thread(it + N - 1, 1), 1); /* 1,024 */
+  atomic_store(&queue.removed_, 0);
+  ck_assert_int_eq(uvq_queue_stats(&queue, &st), 0);
+  ck_assert_uint_eq(st.yields, 0);
+  ck_assert_uint_eq(st.depth, N);
+  run_until_delivered(N);
+  ck_assert_uint_eq(order_errors, 0);
+  stop_and_close(UVQ_STOP_DRAIN);
+  ck_assert_uint_eq(close_stats.delivered, N);
+  ck_assert_uint_eq(close_stats.yields, 0);
+  free(it);
+  uvq_test_loop_done(&loop);
+}
+END_TEST
+
+/* After a stop, enqueues are refused but an unbounded one has already
+ * added to the count (the add is its test). The loop must compare with the
+ * stop's count, not that one: otherwise the pass that finds the queue empty
+ * takes the refused enqueue for a producer between its ticket and its link,
+ * waits for it, and gives its core away. */
+START_TEST(queue_refused_enqueue_after_a_stop_is_not_waited_for) {
+  enum { N = 3 };
+  uvq_queue_options_t o;
+  item_t* it = items_new(N + 1, 0);
+  const char* why = NULL;
+  unsigned long y0;
+  unsigned i;
+
+  if (!uvq_yield_count_available(&why)) {
+    fprintf(stderr, "skipped %s: %s\n", __func__, why);
+    free(it);
+    uvq_test_loop_done(&loop);
+    return;
+  }
+  ck_assert_int_eq(uvq_queue_init(&loop, &queue, count_process,
+                                  opts_of(&o, 0, UVQ_BLOCK, 0)), 0);
+  for (i = 0; i < N; i++)
+    ck_assert_int_eq(uvq_queue_enqueue(&queue, &it[i].ev), 0);
+  ck_assert_int_eq(uvq_queue_stop(&queue, UVQ_STOP_DRAIN, count_close), 0);
+  ck_assert_uint_eq(enqueue_on_a_thread(it + N, 1), 0); /* refused */
+  y0 = uvq_yield_count();
+  ck_assert_int_eq(uv_run(&loop, UV_RUN_DEFAULT), 0);
+  ck_assert_uint_eq(uvq_yield_count() - y0, 0);
+  ck_assert_uint_eq(closed, 1);
+  ck_assert_uint_eq(close_stats.enqueued, N);
+  ck_assert_uint_eq(close_stats.delivered, N);
+  ck_assert_uint_eq(item_delivered(&it[N]), 0);
+  free(it);
+  uvq_test_loop_done(&loop);
+}
+END_TEST
+
+/* stats reads removed_ first and the count after it: a reader delayed
+ * between the two while the loop delivers and producers refill sees a depth
+ * too large, never too small. A bounded queue never holds more than its
+ * capacity, so that is what depth says then. No test can park a reader
+ * exactly there; this one leaves removed_ behind, as that reader saw it,
+ * with the loop not running, and puts it back. */
+START_TEST(queue_stats_depth_of_a_bounded_queue_never_exceeds_its_capacity) {
+  enum { CAP = 2 };
+  uvq_queue_options_t o;
+  uvq_queue_stats_t st;
+  item_t it[2 * CAP];
+  unsigned i;
+
+  items_init(it, 2 * CAP, 0);
+  ck_assert_int_eq(uvq_queue_init(&loop, &queue, count_process,
+                                  opts_of(&o, CAP, UVQ_BLOCK, 0)), 0);
+  for (i = 0; i < CAP; i++)
+    ck_assert_int_eq(uvq_queue_try_enqueue(&queue, &it[i].ev), 0);
+  run_until_delivered(CAP);
+  for (; i < 2 * CAP; i++)
+    ck_assert_int_eq(uvq_queue_try_enqueue(&queue, &it[i].ev), 0);
+  atomic_store(&queue.removed_, 0); /* what the delayed reader read */
+  ck_assert_int_eq(uvq_queue_stats(&queue, &st), 0);
+  ck_assert_uint_eq(st.enqueued, 2 * CAP);
+  ck_assert_uint_eq(st.depth, CAP);
+  atomic_store(&queue.removed_, CAP);
+  ck_assert_int_eq(uvq_queue_stats(&queue, &st), 0);
+  ck_assert_uint_eq(st.depth, CAP);
+  run_until_delivered(2 * CAP);
+  stop_and_close(UVQ_STOP_DRAIN);
+  ck_assert_uint_eq(close_stats.delivered, 2 * CAP);
+  ck_assert_uint_eq(close_stats.max_depth, CAP);
+  uvq_test_loop_done(&loop);
+}
+END_TEST
+
 /* The same flood from the loop thread: yielding would only hand the CPU to
  * the producers that flood it, so it never does. Bounded queues have their
  * own backpressure and never count a yield either. */
@@ -2252,6 +2383,10 @@ Suite* queue_suite(void) {
        queue_stop_during_a_drop_oldest_flood_counts_every_accepted_event);
   tcase_add_test(tc, queue_counters_follow_enqueue_and_drain);
   tcase_add_test(tc, queue_producer_yields_when_the_loop_is_far_behind);
+  tcase_add_test(tc, queue_producer_does_not_yield_when_the_loop_has_caught_up);
+  tcase_add_test(tc, queue_refused_enqueue_after_a_stop_is_not_waited_for);
+  tcase_add_test(tc,
+             queue_stats_depth_of_a_bounded_queue_never_exceeds_its_capacity);
   tcase_add_test(tc, queue_loop_thread_and_bounded_queues_never_yield);
   tcase_add_test(tc, queue_poll_window_takes_events_without_wakeups);
   tcase_add_test(tc, queue_poll_window_ends_and_the_loop_sleeps);

@@ -313,6 +313,134 @@ static void discard_later(uv_timer_t* t) {
   uv_close((uv_handle_t*) t, NULL);
 }
 
+/* -- a poll window restarts when the event held by "again" is delivered:
+ * that pass delivers, even if it takes nothing new from the queue. ------- */
+
+START_TEST(queue_to_sink_poll_window_restarts_when_the_held_event_goes) {
+  test_sink_t ts;
+  uvq_queue_t q;
+  uvq_queue_options_t o;
+  item_t* items = make_items(1, 0);
+  int i;
+
+  test_sink_init(&ts);
+  ts.busy = 1; /* "again" until we say ready */
+  memset(&o, 0, sizeof(o));
+  o.poll_us = UVQ_MAX_POLL_US; /* 1 s, far longer than this test */
+  ck_assert_int_eq(uvq_queue_init_sink(&loop, &q, &ts.sink, &o), 0);
+  ck_assert_int_eq(uvq_queue_enqueue(&q, &items[0].ev), 0);
+  while (ts.writes < 1)
+    uv_run(&loop, UV_RUN_NOWAIT);
+  ck_assert_uint_eq(ts.taken, 0); /* held */
+  ts.busy = 0;
+  uvq_sink_ready(&ts.sink);
+  while (ts.taken < 1)
+    uv_run(&loop, UV_RUN_NOWAIT);
+  for (i = 0; i < 10; i++)
+    uv_run(&loop, UV_RUN_NOWAIT);
+  ck_assert_int_eq(uv_backend_timeout(&loop), 0); /* still polling */
+  ck_assert_int_eq(uvq_queue_stop(&q, UVQ_STOP_DRAIN, on_queue_closed), 0);
+  ck_assert_int_eq(uv_run(&loop, UV_RUN_DEFAULT), 0);
+  ck_assert_uint_eq(queue_closed, 1);
+  ck_assert_uint_eq(released, 1);
+  free(items);
+  uvq_test_loop_done(&loop);
+}
+END_TEST
+
+/* -- the user closes the sink first, and its close takes a while: the
+ * queue's close callback still comes after the sink's (the user may free
+ * both there). ------------------------------------------------------------ */
+
+typedef struct {
+  uvq_sink_t sink;
+  uv_timer_t timer; /* the close completes when it fires */
+  unsigned taken;
+  int done;         /* uvq_sink_closed() was called */
+} late_sink_t;
+
+static char close_order[8];
+static unsigned close_order_n;
+
+static void note_close(char c) {
+  if (close_order_n < sizeof(close_order) - 1)
+    close_order[close_order_n++] = c;
+}
+
+static int late_sink_write(uvq_sink_t* sink, uvq_event_t* ev) {
+  (void) ev;
+  ((late_sink_t*) sink)->taken++;
+  return 0;
+}
+
+static void late_sink_timer_closed(uv_handle_t* h) {
+  late_sink_t* ls = h->data;
+  ls->done = 1;
+  uvq_sink_closed(&ls->sink);
+}
+
+static void late_sink_fire(uv_timer_t* t) {
+  uv_close((uv_handle_t*) t, late_sink_timer_closed);
+}
+
+static void late_sink_close(uvq_sink_t* sink) {
+  late_sink_t* ls = (late_sink_t*) sink;
+  uv_timer_start(&ls->timer, late_sink_fire, 5, 0);
+}
+
+static const uvq_sink_vtable_t late_sink_vt = {late_sink_write,
+                                               late_sink_close};
+
+static void user_sink_closed(uvq_sink_t* s) {
+  ck_assert_int_eq(((late_sink_t*) s)->done, 1);
+  note_close('S');
+}
+
+static late_sink_t* late_for_queue;
+
+static void late_queue_closed(uvq_queue_t* q) {
+  (void) q;
+  ck_assert_int_eq(late_for_queue->done, 1);
+  note_close('Q');
+  queue_closed++;
+}
+
+static void run_user_closes_sink_first(int with_cb) {
+  late_sink_t ls;
+  uvq_queue_t q;
+  item_t* items = make_items(3, 0);
+  unsigned i;
+
+  memset(&ls, 0, sizeof(ls));
+  ck_assert_int_eq(uvq_sink_init(&ls.sink, &late_sink_vt), 0);
+  ck_assert_int_eq(uv_timer_init(&loop, &ls.timer), 0);
+  ls.timer.data = &ls;
+  late_for_queue = &ls;
+  close_order_n = 0;
+  memset(close_order, 0, sizeof(close_order));
+  queue_closed = 0;
+  ck_assert_int_eq(uvq_queue_init_sink(&loop, &q, &ls.sink, NULL), 0);
+  for (i = 0; i < 3; i++)
+    ck_assert_int_eq(uvq_queue_enqueue(&q, &items[i].ev), 0);
+  while (ls.taken < 3)
+    uv_run(&loop, UV_RUN_ONCE);
+  ck_assert_int_eq(uvq_sink_close(&ls.sink, with_cb ? user_sink_closed : NULL),
+                   0);
+  ck_assert_int_eq(uvq_queue_stop(&q, UVQ_STOP_DRAIN, late_queue_closed), 0);
+  ck_assert_int_eq(uv_run(&loop, UV_RUN_DEFAULT), 0);
+  ck_assert_uint_eq(queue_closed, 1);
+  ck_assert_str_eq(close_order, with_cb ? "SQ" : "Q");
+  ck_assert_int_eq(ls.done, 1);
+  free(items);
+}
+
+START_TEST(queue_to_sink_closed_by_the_user_first_closes_after_it) {
+  run_user_closes_sink_first(1);
+  run_user_closes_sink_first(0);
+  uvq_test_loop_done(&loop);
+}
+END_TEST
+
 START_TEST(queue_to_stuck_sink_discard_stop_overrides_drain) {
   test_sink_t ts;
   uv_timer_t t;
@@ -460,6 +588,8 @@ Suite* queue_sink_suite(void) {
   tcase_add_test(tc,
                  queue_to_sink_drained_on_another_thread_fails_every_write);
   tcase_add_test(tc, queue_to_stuck_sink_discard_stop_overrides_drain);
+  tcase_add_test(tc, queue_to_sink_closed_by_the_user_first_closes_after_it);
+  tcase_add_test(tc, queue_to_sink_poll_window_restarts_when_the_held_event_goes);
   tcase_add_test(tc, queue_as_sink_shares_one_event_between_queues);
   tcase_add_test(tc, queue_as_sink_full_block_queue_says_again_then_ready);
   tcase_add_test(tc, queue_init_sink_rejects_bad_sinks);

@@ -9,6 +9,7 @@
  * checking still sees every block.
  */
 #include <dlfcn.h>
+#include <sched.h>
 #include <errno.h>
 #include <pthread.h>
 #include <stdatomic.h>
@@ -114,6 +115,17 @@ void uvq_live(uvq_live_t* out) {
   out->blocks = hooks_ok ? atomic_load(&live_blocks) : -1;
   out->mutexes = -1;
   out->conds = -1;
+}
+
+int uvq_yield_count_available(const char** why) {
+  if (why != NULL)
+    *why = "built with a sanitizer: sched_yield is not interposed there "
+           "(it is under plain builds and valgrind)";
+  return 0;
+}
+
+unsigned long uvq_yield_count(void) {
+  return 0;
 }
 
 #else /* !UVQ_TEST_SANITIZED: the interposer */
@@ -346,6 +358,30 @@ int pthread_cond_destroy(pthread_cond_t* c) {
   if (r == 0)
     atomic_fetch_sub(&live_conds, 1);
   return r;
+}
+
+/* sched_yield: counted per thread, then libc's. */
+typedef int (*yield_fn)(void);
+static _Thread_local unsigned long yields_here;
+
+int sched_yield(void) {
+  static _Atomic(yield_fn) next;
+  yield_fn f = atomic_load(&next);
+  if (f == NULL) {
+    f = (yield_fn) uvq__next("sched_yield");
+    atomic_store(&next, f);
+  }
+  yields_here++;
+  return f();
+}
+
+int uvq_yield_count_available(const char** why) {
+  (void) why;
+  return 1;
+}
+
+unsigned long uvq_yield_count(void) {
+  return yields_here;
 }
 
 #endif

@@ -2,7 +2,7 @@
  *
  * test/fault.c defines malloc, calloc, realloc, free (and the aligned
  * variants), pthread_mutex_init and pthread_cond_init (and their destroy
- * functions, to count what is live) in the test
+ * functions, to count what is live) and sched_yield (counted) in the test
  * program itself. The dynamic linker binds every call from libuvq.so and
  * libuv.so to those definitions (the executable comes first in the lookup
  * order), so the library is exercised unchanged. Each wrapper can be told to
@@ -62,6 +62,11 @@ int uvq_alloc_count_available(void);
 void uvq_alloc_count_start(void);
 /* Stop counting; returns how many were made since the start. */
 uint64_t uvq_alloc_count_stop(void);
+
+/* sched_yield calls made by the calling thread (libuvq's and libuv's): 1
+ * when they are counted; otherwise *why (when not NULL) says why not. */
+int uvq_yield_count_available(const char** why);
+unsigned long uvq_yield_count(void);
 
 /* Live resources, process wide: blocks allocated and not freed, mutexes and
  * condition variables initialised and not destroyed (-1 each when untracked,
