@@ -193,8 +193,9 @@ UVQ_EXTERN int uvq_sink_init(uvq_sink_t* sink, const uvq_sink_vtable_t* vt);
 
 /* Offer ev to the sink (borrowed: see Ownership above). Loop thread.
  * Returns what the sink's write returns (0, UVQ_EAGAIN, another error), or:
- * UVQ_EINVAL (NULL sink or ev), UVQ_ETHREAD (not the sink's thread),
- * UVQ_ECLOSED (close began: every write after close fails, every time). */
+ * UVQ_EINVAL (NULL sink or ev), UVQ_ETHREAD (not the sink's thread,
+ * checked before the state), UVQ_ECLOSED (close began: every write after
+ * close fails, every time). */
 UVQ_EXTERN int uvq_sink_write(uvq_sink_t* sink, uvq_event_t* ev);
 
 /* Close the sink; cb (may be NULL) runs once when the close is complete,

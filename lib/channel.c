@@ -94,6 +94,13 @@ static inline uvq__slot_t* uvq__slot(const uvq_channel_t* ch, uint64_t pos) {
 /* -- the ring ------------------------------------------------------------- */
 
 /* One attempt to send: 0, UVQ_EFULL or UVQ_ECLOSED. Does not wake anybody. */
+/* test/check_channel_race.c builds a copy of this file with a pause here,
+ * between a sender's claim of a slot and its publish, which no test could
+ * otherwise schedule. Nothing in the library's own build. */
+#ifndef UVQ__CH_AFTER_CLAIM
+# define UVQ__CH_AFTER_CLAIM() ((void) 0)
+#endif
+
 static inline int uvq__put(uvq_channel_t* ch, uvq_event_t* ev) {
   uint64_t t = atomic_load(&ch->tail_);
   uvq__slot_t* s;
@@ -122,6 +129,7 @@ static inline int uvq__put(uvq_channel_t* ch, uvq_event_t* ev) {
       t = atomic_load(&ch->tail_); /* another sender was faster */
     }
   }
+  UVQ__CH_AFTER_CLAIM();
   s->ev = ev;
   atomic_store(&s->seq, 2 * pos + 1); /* seq_cst: see "Waiting" above */
   return 0;
@@ -341,9 +349,14 @@ static int uvq__recv_slow(uvq_channel_t* ch, uvq_event_t** out,
   }
   if (r == 0)
     uvq__received(ch, 1);
-  /* Pass the baton (as in uvq__send_slow). */
+  /* Pass the baton (as in uvq__send_slow). Once closed, pass it on even
+   * with nothing to take: a receiver that got the close broadcast while a
+   * sender sat between its claim and its publish went back to sleep, and
+   * that sender's one wakeup reached only one of them; each must wake the
+   * next, to take what is left or learn UVQ_ECLOSED. */
   atomic_fetch_sub(&ch->recv_waiters_, UVQ__CH_WAITER);
-  if (uvq__should_wake(atomic_load(&ch->recv_waiters_)) && uvq__has_event(ch))
+  if (uvq__should_wake(atomic_load(&ch->recv_waiters_)) &&
+      (uvq__has_event(ch) || (atomic_load(&ch->tail_) & UVQ__CH_CLOSED)))
     uvq__wake_one(&ch->recv_waiters_, &ch->recv_cond_);
   uv_mutex_unlock(&ch->lock_); /* last touch of ch */
   return r;
@@ -561,6 +574,10 @@ int uvq_channel_destroy(uvq_channel_t* ch) {
 
 /* -- the channel sink (loop thread) --------------------------------------- */
 
+/* In cs->flags_, beside the user's UVQ_CHANNEL_SINK_KEEP_OPEN: our upstream
+ * got UVQ_EAGAIN and has had no ready since. */
+#define UVQ__CS_SAID_AGAIN 0x100u
+
 static int uvq__cs_write(uvq_sink_t* sink, uvq_event_t* ev) {
   uvq_channel_sink_t* cs = (uvq_channel_sink_t*) sink;
   uvq_channel_t* ch = cs->ch_;
@@ -584,14 +601,18 @@ static int uvq__cs_write(uvq_sink_t* sink, uvq_event_t* ev) {
     return 0;
   }
   uvq_event_unref(ev); /* never the last: the writer holds one */
+  if (r == UVQ_EAGAIN)
+    cs->flags_ |= UVQ__CS_SAID_AGAIN;
   return r;
 }
 
 static void uvq__cs_async_cb(uv_async_t* handle) {
   uvq_channel_sink_t* cs = UVQ__CONTAINER_OF(handle, uvq_channel_sink_t,
                                              async_);
-  if (uvq_sink_is_closed(&cs->sink) == 0)
+  if (uvq_sink_is_closed(&cs->sink) == 0) {
+    cs->flags_ &= ~UVQ__CS_SAID_AGAIN;
     uvq_sink_ready(&cs->sink);
+  }
 }
 
 static void uvq__cs_on_close(uv_handle_t* handle) {
@@ -613,6 +634,13 @@ static void uvq__cs_close(uvq_sink_t* sink) {
   if (!(cs->flags_ & UVQ_CHANNEL_SINK_KEEP_OPEN))
     uvq_channel_close(ch);
   cs->ch_ = NULL;
+  if (cs->flags_ & UVQ__CS_SAID_AGAIN) {
+    /* The receivers' wakeup can no longer reach us (detached above), so
+     * the ready our upstream waits for would never come: send it now; its
+     * retry learns UVQ_ECLOSED (sinks.md). */
+    cs->flags_ &= ~UVQ__CS_SAID_AGAIN;
+    uvq_sink_ready(sink);
+  }
   uv_close((uv_handle_t*) &cs->async_, uvq__cs_on_close);
 }
 

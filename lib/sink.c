@@ -20,10 +20,12 @@ int uvq_sink_init(uvq_sink_t* sink, const uvq_sink_vtable_t* vt) {
 int uvq_sink_write(uvq_sink_t* sink, uvq_event_t* ev) {
   if (UVQ__UNLIKELY(sink == NULL || ev == NULL))
     return UVQ_EINVAL;
-  if (UVQ__UNLIKELY(sink->state_ != UVQ__SINK_OPEN))
-    return UVQ_ECLOSED;
+  /* The thread first: state_ is the sink thread's to read, thread_ never
+   * changes after init. */
   if (UVQ__UNLIKELY(!uvq__sink_on_thread(sink)))
     return UVQ_ETHREAD;
+  if (UVQ__UNLIKELY(sink->state_ != UVQ__SINK_OPEN))
+    return UVQ_ECLOSED;
   return sink->vt_->write(sink, ev);
 }
 

@@ -1134,6 +1134,59 @@ START_TEST(channel_sink_waiting_for_room_hears_of_a_close) {
 }
 END_TEST
 
+/* The sink said "again" and is then closed by its user: no receiver can
+ * wake it any more, so its close sends the ready itself, and the upstream's
+ * retry learns "closed" (sinks.md), whether or not the channel stays open. */
+static int retry_result;
+
+static void retry_ready(uvq_sink_t* s, void* arg) {
+  ck_assert(on_loop_thread());
+  ready_calls++;
+  retry_result = uvq_sink_write(s, &((item_t*) arg)->ev);
+}
+
+static void run_sink_closed_while_upstream_waits(unsigned flags) {
+  item_t it[2];
+  uvq_event_t* ev;
+
+  sink_reset();
+  items_init(it, 2, 0);
+  retry_result = 1;
+  ck_assert_int_eq(uvq_channel_init(&ch, 1), 0);
+  ck_assert_int_eq(uvq_channel_sink_init(&loop, &cs, &ch, flags), 0);
+  ck_assert_int_eq(uvq_sink_set_ready_cb(&cs.sink, retry_ready, &it[1]), 0);
+  ck_assert_int_eq(uvq_sink_write(&cs.sink, &it[0].ev), 0);
+  ck_assert_int_eq(uvq_sink_write(&cs.sink, &it[1].ev), UVQ_EAGAIN);
+  ck_assert_uint_eq(ready_calls, 0);
+  ck_assert_int_eq(uvq_sink_close(&cs.sink, sink_closed_cb), 0);
+  ck_assert_uint_eq(ready_calls, 1);
+  ck_assert_int_eq(retry_result, UVQ_ECLOSED);
+  ck_assert_int_eq(uv_run(&loop, UV_RUN_DEFAULT), 0);
+  ck_assert_uint_eq(sink_closes, 1);
+  ck_assert_uint_eq(ready_calls, 1); /* once */
+  ck_assert_uint_eq(uvq_event_refs(&it[1].ev), 1); /* never kept */
+  ck_assert_int_eq(uvq_channel_try_recv(&ch, &ev), 0);
+  ck_assert_ptr_eq(ev, &it[0].ev);
+  uvq_event_unref(ev); /* the channel's reference */
+  ck_assert_int_eq(uvq_channel_try_recv(&ch, &ev),
+                   flags & UVQ_CHANNEL_SINK_KEEP_OPEN ? UVQ_EAGAIN
+                                                      : UVQ_ECLOSED);
+  uvq_event_unref(&it[0].ev);
+  uvq_event_unref(&it[1].ev);
+  ck_assert_uint_eq(atomic_load(&releases), 2);
+  if (flags & UVQ_CHANNEL_SINK_KEEP_OPEN)
+    ck_assert_int_eq(uvq_channel_close(&ch), 0);
+  ck_assert_int_eq(uvq_channel_destroy(&ch), 0);
+}
+
+START_TEST(channel_sink_closed_while_its_upstream_waits_sends_a_ready) {
+  run_sink_closed_while_upstream_waits(0);
+  atomic_store(&releases, 0);
+  run_sink_closed_while_upstream_waits(UVQ_CHANNEL_SINK_KEEP_OPEN);
+  uvq_test_loop_done(&loop);
+}
+END_TEST
+
 START_TEST(channel_blocking_calls_on_sink_loop_return_edeadlk) {
   item_t it[2];
   uvq_event_t* ev;
@@ -1232,6 +1285,8 @@ Suite* channel_suite(void) {
   tcase_add_test(tc, channel_sink_close_close_then_write_returns_eclosed);
   tcase_add_test(tc, channel_sink_keep_open_leaves_the_channel_open);
   tcase_add_test(tc, channel_sink_waiting_for_room_hears_of_a_close);
+  tcase_add_test(tc,
+                 channel_sink_closed_while_its_upstream_waits_sends_a_ready);
   tcase_add_test(tc, channel_blocking_calls_on_sink_loop_return_edeadlk);
   tcase_add_test(tc, channel_sink_write_from_another_thread_returns_ethread);
   suite_add_tcase(s, tc);

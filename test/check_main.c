@@ -14,6 +14,7 @@ int main(void) {
     badinput_suite,
     sinks_suite,
     channel_suite,
+    channel_race_suite,
     samples_suite,
     /* one line per suite; keep this list in step with helpers.h */
   };

@@ -1393,6 +1393,7 @@ typedef struct {
   int rty_write;
   int rty_close;
   int rty_stats;
+  int closed_write;
 } foreign_t;
 
 static void foreign_main(void* arg) {
@@ -1409,6 +1410,9 @@ static void foreign_main(void* arg) {
   f->rty_write = uvq_sink_write(&rty.sink, &items[0].ev);
   f->rty_close = uvq_sink_close(&rty.sink, NULL);
   f->rty_stats = uvq_retry_stats(&rty, &rs);
+  /* The thread is checked before the state: a closed sink is still not
+   * this thread's (and its state is not this thread's to read). */
+  f->closed_write = uvq_sink_write(&sinks[5].sink, &items[0].ev);
   /* A sink created here belongs to this thread. */
   tsink_init(&sinks[4], NULL, 0);
 }
@@ -1528,6 +1532,8 @@ START_TEST(sinks_refuse_other_threads) {
   tsink_init(&sinks[1], NULL, 0);
   tsink_init(&sinks[2], NULL, 0);
   tsink_init(&sinks[3], NULL, 0);
+  tsink_init(&sinks[5], NULL, 0);
+  ck_assert_int_eq(uvq_sink_close(&sinks[5].sink, NULL), 0);
   ck_assert_int_eq(uvq_broadcast_init(&bc), 0);
   ck_assert_int_eq(uvq_broadcast_add(&bc, &sinks[0].sink), 0);
   ck_assert_int_eq(uvq_filter_init(&flt, &sinks[1].sink, match_all, NULL), 0);
@@ -1546,6 +1552,7 @@ START_TEST(sinks_refuse_other_threads) {
   ck_assert_int_eq(f.rty_write, UVQ_ETHREAD);
   ck_assert_int_eq(f.rty_close, UVQ_ETHREAD);
   ck_assert_int_eq(f.rty_stats, UVQ_ETHREAD);
+  ck_assert_int_eq(f.closed_write, UVQ_ETHREAD);
   ck_assert_uint_eq(sinks[0].calls + sinks[1].calls + sinks[2].calls, 0);
   /* A sink of another thread cannot be added or wrapped either. */
   ck_assert_int_eq(uvq_broadcast_add(&bc, &sinks[4].sink), UVQ_ETHREAD);

@@ -35,6 +35,7 @@ Suite* faults_suite(void);
 Suite* badinput_suite(void);
 Suite* sinks_suite(void);
 Suite* channel_suite(void);
+Suite* channel_race_suite(void);
 Suite* samples_suite(void);
 
 /* libuv's MAKE_VALGRIND_HAPPY: close every handle left, run the loop once
