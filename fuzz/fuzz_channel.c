@@ -66,6 +66,8 @@ static struct {
   int sink_closing;   /* uvq_sink_close called, callback not yet run */
   int sink_wants;     /* said UVQ_EAGAIN; not yet notified */
   int ready_pending;  /* notified: ready comes on the next iteration */
+  int upstream_waits; /* got UVQ_EAGAIN and no ready since: the sink's
+                       * close sends one (sinks.md) */
   unsigned ready_calls, ready_expected;
   unsigned timed_waits;
   size_t op;
@@ -266,10 +268,12 @@ static void on_sink_closed(uvq_sink_t* sink) {
 static void run_once(void) {
   (void) uv_run(&m.loop, UV_RUN_NOWAIT);
   /* One iteration runs the async callback (ready) and the close callbacks;
-   * a sink that closed first never reports ready. */
+   * a sink that closed first never reports ready from there (its close
+   * sent one itself if its upstream was waiting: op_sink_close). */
   if (m.ready_pending) {
     m.ready_pending = 0;
     m.ready_expected++;
+    m.upstream_waits = 0;
   }
   CHECK(m.ready_calls == m.ready_expected);
   CHECK(!m.sink_closing);
@@ -298,6 +302,7 @@ static void op_sink_attach(unsigned arg) {
   m.sink_on = 1;
   m.sink_keep_open = (int) (arg & 1);
   m.sink_wants = 0;
+  m.upstream_waits = 0;
 }
 
 static void op_sink_write(void) {
@@ -313,7 +318,7 @@ static void op_sink_write(void) {
     want = UVQ_EAGAIN;
   CHECK_RC(uvq_sink_write(&m.cs.sink, &e->ev), want);
   if (want == UVQ_EAGAIN)
-    m.sink_wants = 1;
+    m.sink_wants = m.upstream_waits = 1;
   if (want == 0)
     model_push(e); /* the channel holds a reference of its own */
   uvq_event_unref(&e->ev); /* the writer's */
@@ -332,6 +337,11 @@ static void op_sink_close(void) {
   m.ready_pending = 0; /* its handle closes before the callback could run */
   CHECK_RC(uvq_sink_close(&m.cs.sink, on_sink_closed), 0);
   CHECK(m.sink_closing); /* completes on a later iteration */
+  if (m.upstream_waits) { /* the close itself sent the ready */
+    m.upstream_waits = 0;
+    m.ready_expected++;
+  }
+  CHECK(m.ready_calls == m.ready_expected);
   if (!m.sink_keep_open && !m.closed)
     m.closed = 1;
   /* Closed sinks refuse writes at once. */
