@@ -81,8 +81,10 @@ typedef enum {
 /* A static message for err (uvq or libuv code); "unknown error" otherwise.
  * Any thread. Never NULL. */
 UVQ_EXTERN const char* uvq_strerror(int err);
-/* The code's name ("UVQ_EFULL", or libuv's name such as "EINVAL" for libuv
- * codes); "UNKNOWN" otherwise. Any thread. Never NULL. */
+/* The code's name: uvq's for uvq codes ("UVQ_EFULL"; also for the codes uvq
+ * shares with libuv, so UV_EINVAL gives "UVQ_EINVAL"), libuv's for other
+ * libuv codes (UV_EIO gives "EIO"); "UNKNOWN" otherwise. Any thread. Never
+ * NULL. */
 UVQ_EXTERN const char* uvq_err_name(int err);
 
 /* ------------------------------------------------------------------------ */
@@ -390,8 +392,12 @@ struct uvq_queue_s {
  * default batch, release by uvq_event_unref). Loop thread: the calling
  * thread becomes the queue's loop thread.
  * Ownership: q is the caller's memory; it must stay valid and not move until
- * the close callback; opts is read during the call only.
- * Returns 0; UVQ_EINVAL for a NULL loop, q or process, or options out of
+ * the close callback; opts is read during the call only. q must be aligned
+ * as its type (_Alignof(uvq_queue_t), 64: its hot fields sit on cache lines
+ * of their own): a static or automatic variable is; heap memory, also a
+ * struct that embeds a queue, needs aligned_alloc (malloc gives 16).
+ * Returns 0; UVQ_EINVAL for a NULL loop, q or process, a misaligned q, or
+ * options out of
  * range (capacity > SIZE_MAX / 4, batch > UVQ_MAX_BATCH, unknown overflow,
  * poll_us > UVQ_MAX_POLL_US);
  * a libuv error (UV_ENOMEM, ...) when the async handle, mutex or condition
@@ -453,7 +459,9 @@ UVQ_EXTERN int uvq_queue_ref(uvq_queue_t* q);
 UVQ_EXTERN int uvq_queue_unref(uvq_queue_t* q);
 
 /* Copy the counters into *out: each field is read atomically (the set is not
- * one snapshot while producers run). Any thread, until the close callback.
+ * one snapshot while producers run). Any thread, while q's memory is valid:
+ * also in and after the close callback (the final counts), until the user
+ * frees or re-initialises it.
  * Returns 0, or UVQ_EINVAL (NULL q or out, q never initialised). */
 UVQ_EXTERN int uvq_queue_stats(const uvq_queue_t* q, uvq_queue_stats_t* out);
 
@@ -482,9 +490,10 @@ UVQ_EXTERN int uvq_queue_stats(const uvq_queue_t* q, uvq_queue_stats_t* out);
  * dst open for its own thread to close. q and dst are the caller's; dst must
  * stay valid until the queue's close callback; the queue becomes dst's
  * upstream (uvq_sink_set_ready_cb).
- * Returns 0; UVQ_EINVAL (NULL loop, q or dst; bad options); UVQ_ETHREAD
+ * Returns 0; UVQ_EINVAL (NULL loop, q or dst; misaligned q, as in
+ * uvq_queue_init; bad options); UVQ_ETHREAD
  * (dst belongs to another thread); UVQ_EBUSY (dst already has an upstream);
- * UVQ_ECLOSED (dst is closed); a libuv error as uvq_queue_init. */
+ * UVQ_ECLOSED (dst is closing or closed); a libuv error as uvq_queue_init. */
 UVQ_EXTERN int uvq_queue_init_sink(uv_loop_t* loop, uvq_queue_t* q,
                                    uvq_sink_t* dst,
                                    const uvq_queue_options_t* opts);
@@ -902,8 +911,9 @@ struct uvq_channel_s {
  * malloc (16 bytes per slot), and a mutex and two condition variables for
  * the slow paths; nothing else ever allocates. One thread, before any other
  * uses ch. ch is the caller's memory; it must not move until
- * uvq_channel_destroy. Its data field is left alone.
- * Returns 0; UVQ_EINVAL (NULL ch, capacity 0 or above
+ * uvq_channel_destroy, and must be aligned as its type (64, as a queue:
+ * see uvq_queue_init). Its data field is left alone.
+ * Returns 0; UVQ_EINVAL (NULL or misaligned ch, capacity 0 or above
  * UVQ_CHANNEL_MAX_CAPACITY); UVQ_ENOMEM (the ring could not be allocated);
  * a libuv error when the mutex or a condition variable cannot be created.
  * On error nothing is left allocated and ch must not be used. */

@@ -490,7 +490,8 @@ int uvq_channel_init(uvq_channel_t* ch, size_t capacity) {
   size_t i;
   int r;
 
-  if (ch == NULL || capacity == 0 || capacity > UVQ_CHANNEL_MAX_CAPACITY)
+  if (ch == NULL || !UVQ__ALIGNED(ch, uvq_channel_t) || capacity == 0 ||
+      capacity > UVQ_CHANNEL_MAX_CAPACITY)
     return UVQ_EINVAL;
   slots = malloc(capacity * sizeof(*slots));
   if (slots == NULL)

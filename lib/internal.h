@@ -83,6 +83,11 @@ static inline void uvq__cpu_relax(void) {
 #define UVQ__TLS_INITIAL_EXEC __attribute__((tls_model("initial-exec")))
 extern _Thread_local char uvq__thread_marker UVQ__TLS_INITIAL_EXEC;
 
+/* 1 when p is aligned as type T wants (the queue and the channel keep
+ * their hot fields on cache lines of their own: malloc's 16 bytes are not
+ * enough for them). */
+#define UVQ__ALIGNED(p, T) (((uintptr_t) (p) % _Alignof(T)) == 0)
+
 static inline const void* uvq__thread_id(void) {
   return &uvq__thread_marker;
 }

@@ -936,7 +936,8 @@ static int uvq__init(uv_loop_t* loop, uvq_queue_t* q, uvq_process_cb process,
   uvq_queue_options_t o;
   int r;
 
-  if (loop == NULL || q == NULL || (process == NULL && dst == NULL))
+  if (loop == NULL || q == NULL || (process == NULL && dst == NULL) ||
+      !UVQ__ALIGNED(q, uvq_queue_t))
     return UVQ_EINVAL;
   if (opts != NULL)
     o = *opts;

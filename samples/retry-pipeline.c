@@ -411,9 +411,13 @@ int main(int argc, char** argv) {
   }
   if (optind != argc || p->flaky.fail_pct + p->flaky.again_pct > 100)
     goto bad;
-  /* Without a give-up, a sink that always fails would retry forever. */
-  if (p->flaky.fail_pct == 100 && give_up == 0) {
-    fprintf(stderr, "retry-pipeline: -f 100 needs -g > 0 to finish\n");
+  /* A sink that never takes an event (fail + again = 100) would be retried
+   * forever unless its failures give up: without -g, or when it only ever
+   * says "again" (which is no failure), the run would never finish. */
+  if (p->flaky.fail_pct + p->flaky.again_pct == 100 &&
+      (give_up == 0 || p->flaky.fail_pct == 0)) {
+    fprintf(stderr, "retry-pipeline: with -f + -a = 100 no write succeeds: "
+                    "it needs -f > 0 and -g > 0 to finish\n");
     return 2;
   }
 

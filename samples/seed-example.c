@@ -1,6 +1,7 @@
 /* seed-example: the seed text's example, in uvq.
  *
- * The seed (docs/seed.md) creates a queue with a buffer of 10, starts a
+ * The seed (go-events' README example, which the project started from)
+ * creates a queue with a buffer of 10, starts a
  * goroutine that processes events, enqueues two events and stops the queue.
  * Here the loop thread plays the processing goroutine: the queue has a
  * capacity of 10 and blocks producers when full, the process callback runs
@@ -40,6 +41,11 @@ int main(void) {
   struct event event2 = {.name = "event2"};
   int r;
 
+  /* opts.release is NULL: an event the queue lets go of undelivered (a
+   * discard stop, a drop policy) is unreffed, so each one is initialised
+   * with a count of one. Delivered ones are the process callback's. */
+  uvq_event_init(&event1.link, NULL);
+  uvq_event_init(&event2.link, NULL);
   if ((r = uvq_queue_init(loop, &queue, process, &opts)) != 0) {
     fprintf(stderr, "uvq_queue_init: %s\n", uvq_strerror(r));
     return EXIT_FAILURE;
@@ -47,12 +53,10 @@ int main(void) {
   /* Enqueue some events. try_enqueue: this is the loop thread, which must
    * never block on its own queue (uvq_queue_enqueue says UVQ_EDEADLK). */
   if ((r = uvq_queue_try_enqueue(&queue, &event1.link)) != 0 ||
-      (r = uvq_queue_try_enqueue(&queue, &event2.link)) != 0) {
+      (r = uvq_queue_try_enqueue(&queue, &event2.link)) != 0)
     fprintf(stderr, "enqueue: %s\n", uvq_strerror(r));
-    return EXIT_FAILURE;
-  }
   /* Stop the queue: drain mode delivers what was accepted, then closes. */
   uvq_queue_stop(&queue, UVQ_STOP_DRAIN, closed);
   uv_run(loop, UV_RUN_DEFAULT);
-  return uv_loop_close(loop) == 0 ? EXIT_SUCCESS : EXIT_FAILURE;
+  return uv_loop_close(loop) == 0 && r == 0 ? EXIT_SUCCESS : EXIT_FAILURE;
 }

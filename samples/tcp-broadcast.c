@@ -134,6 +134,9 @@ struct server {
   int shutting_down;
   int reading_paused;     /* the inbox is too full: nobody is read */
   int inbox_closed;       /* shutdown, second half: clients are leaving */
+  uv_tcp_t reject;        /* no memory for a client: accepted, closed */
+  int reject_closing;
+  int reject_pending;     /* another connection waits for reject */
   uint64_t inbox_pending; /* lines in the inbox */
   /* options */
   size_t capacity;
@@ -464,6 +467,38 @@ static void free_raw_client(uv_handle_t* h) {
   free(c);
 }
 
+/* No memory for a client: accept the connection into the server's spare
+ * handle and close it at once. A connection left unaccepted would not wait
+ * in the backlog: libuv has taken it already and stops watching the
+ * listener until uv_accept. One at a time; another one waits (in libuv)
+ * until the spare's close callback. */
+static void refuse_without_memory(struct server* s);
+
+static void on_reject_closed(uv_handle_t* h) {
+  struct server* s = h->data;
+  s->reject_closing = 0;
+  if (s->reject_pending) {
+    s->reject_pending = 0;
+    refuse_without_memory(s);
+  }
+}
+
+static void refuse_without_memory(struct server* s) {
+  if (s->shutting_down)
+    return; /* the listener is closing, and its connection with it */
+  if (s->reject_closing) {
+    s->reject_pending = 1;
+    return;
+  }
+  s->refused++;
+  fprintf(stderr, "tcp-broadcast: out of memory: connection refused\n");
+  uv_tcp_init(&s->loop, &s->reject);
+  s->reject.data = s;
+  (void) uv_accept((uv_stream_t*) &s->listener, (uv_stream_t*) &s->reject);
+  s->reject_closing = 1;
+  uv_close((uv_handle_t*) &s->reject, on_reject_closed);
+}
+
 static void on_connection(uv_stream_t* listener, int status) {
   struct server* s = listener->data;
   uvq_queue_options_t opts;
@@ -476,9 +511,15 @@ static void on_connection(uv_stream_t* listener, int status) {
     fprintf(stderr, "tcp-broadcast: accept: %s\n", uv_strerror(status));
     return;
   }
-  c = calloc(1, sizeof(*c));
-  if (c == NULL)
-    return; /* the connection stays in the backlog; libuv retries */
+  /* The queue inside is cache-line aligned (uvq.h): malloc's 16 bytes are
+   * not enough. A struct's size is a multiple of its alignment, as
+   * aligned_alloc wants. */
+  c = aligned_alloc(_Alignof(struct client), sizeof(*c));
+  if (c == NULL) {
+    refuse_without_memory(s);
+    return;
+  }
+  memset(c, 0, sizeof(*c));
   c->s = s;
   c->partial = malloc(MAX_LINE);
   uv_tcp_init(&s->loop, &c->tcp);

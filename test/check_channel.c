@@ -739,6 +739,18 @@ START_TEST(channel_invalid_arguments_return_einval) {
   items_init(&it, 1, 0);
   memset(&zeroed, 0, sizeof(zeroed));
   ck_assert_int_eq(uvq_channel_init(NULL, 4), UVQ_EINVAL);
+  {
+    /* Misaligned (malloc's 16 bytes, say): refused, and left untouched. */
+    static _Alignas(64) unsigned char raw[sizeof(uvq_channel_t) + 64];
+    unsigned i;
+    memset(raw, 0xa5, sizeof(raw));
+    for (i = 8; i < 64; i += 8)
+      ck_assert_int_eq(
+          uvq_channel_init((uvq_channel_t*) (void*) (raw + i), 4),
+          UVQ_EINVAL);
+    for (i = 0; i < sizeof(raw); i++)
+      ck_assert_uint_eq(raw[i], 0xa5);
+  }
   ck_assert_int_eq(uvq_channel_init(&ch, 0), UVQ_EINVAL);
   ck_assert_int_eq(uvq_channel_init(&ch, SIZE_MAX / sizeof(void*) + 1),
                    UVQ_EINVAL);

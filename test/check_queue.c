@@ -1421,6 +1421,18 @@ START_TEST(queue_invalid_arguments_return_einval) {
   opts_of(&o, 4, (uvq_overflow_t) -1, 0);
   ck_assert_int_eq(uvq_queue_init(&loop, &queue, count_process, &o),
                    UVQ_EINVAL);
+  {
+    /* Misaligned (malloc's 16 bytes, say): refused, and left untouched. */
+    static _Alignas(64) unsigned char raw[sizeof(uvq_queue_t) + 64];
+    unsigned i;
+    memset(raw, 0xa5, sizeof(raw));
+    for (i = 8; i < 64; i += 8)
+      ck_assert_int_eq(uvq_queue_init(&loop, (uvq_queue_t*) (void*) (raw + i),
+                                      count_process, NULL),
+                       UVQ_EINVAL);
+    for (i = 0; i < sizeof(raw); i++)
+      ck_assert_uint_eq(raw[i], 0xa5);
+  }
   /* A failed init leaves nothing behind on the loop. */
   ck_assert_int_eq(uv_loop_alive(&loop), 0);
 
