@@ -79,6 +79,9 @@ typedef struct {
                           * thread) from the start signal to the end */
   uint64_t* lat;         /* latency samples in ns (malloc'd: caller frees) */
   size_t nlat;
+  uint64_t* lat_sched;   /* paced: the same events' latency from their
+                          * slot's time, so with the producer's lateness
+                          * (nlat of them; malloc'd: caller frees), or NULL */
 } qrun_res_t;
 
 /* Run one case on a fresh loop owned by the calling thread. evs holds at
@@ -156,6 +159,11 @@ int bench_set_timer_slack(unsigned long ns);
  * thread, whose slack is then put back). */
 int bench_timer_slack_ok(unsigned long ns);
 
+/* Keep freed heap in the process (glibc: no automatic trim, big blocks from
+ * the heap rather than mmap), so that a timed run reuses what the run
+ * before it freed instead of faulting it in again; the memory runs still
+ * trim explicitly (bench_mem_mark). No-op elsewhere. */
+void bench_malloc_keep(void);
 /* Peak memory: bench_mem_mark() returns free heap to the system, resets the
  * process's peak RSS to its current RSS and returns that RSS in bytes;
  * bench_mem_peak() returns the peak RSS since the mark. Both return -1 when

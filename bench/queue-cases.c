@@ -90,6 +90,7 @@ typedef struct {
   uint64_t errors;
   int first_err;
   uv_thread_t tid;
+  uint64_t* late; /* paced: how late each event was stamped after its slot */
 } producer_t;
 
 struct qrun_s {
@@ -145,6 +146,7 @@ struct qrun_s {
   uint64_t* lat;
   size_t nlat;
   size_t lat_cap;
+  uint64_t* lat_sched; /* paced: from the slot's time (lat + lateness) */
 };
 
 static int is_uvq(pattern_t p) {
@@ -173,8 +175,12 @@ static inline void consume(qrun_t* r, bench_ev_t* ev, int minimal) {
                     p, ev->seq, want);
   r->next_seq[p] = ev->seq + 1;
   ev->done++;
-  if (ev->t_enq != 0 && r->nlat < r->lat_cap)
-    r->lat[r->nlat++] = uv_hrtime() - ev->t_enq;
+  if (ev->t_enq != 0 && r->nlat < r->lat_cap) {
+    uint64_t lat = uv_hrtime() - ev->t_enq;
+    if (r->lat_sched != NULL)
+      r->lat_sched[r->nlat] = lat + r->prod[p].late[ev->seq];
+    r->lat[r->nlat++] = lat;
+  }
   if (++r->delivered == r->cfg->events)
     r->t_last = uv_hrtime();
 }
@@ -247,6 +253,13 @@ static void malloc_on_async(uv_async_t* h) {
 
 /* -- ref-ring -------------------------------------------------------------- */
 
+/* The ring a timed run grew, kept for the next one: a long-running program's
+ * ring grows once, not in every burst. A memory run starts from
+ * RING_INITIAL, to measure that growth. Runs are sequential, on the main
+ * thread. */
+static bench_ev_t** spare_ring;
+static size_t spare_cap;
+
 /* Double the ring (under the lock): unwrap it into the new array. */
 static void ring_grow(qrun_t* r) {
   size_t cap = r->ring_cap * 2;
@@ -315,9 +328,13 @@ static void stamp(producer_t* p, bench_ev_t* ev, uint32_t i) {
   if (r->paced) {
     double slot = (double) i * r->nprod + p->id;
     uint64_t due = r->t_start + (uint64_t) (slot * r->ns_per_slot);
-    if (uv_hrtime() < due)
+    uint64_t now = uv_hrtime();
+    if (now < due) {
       bench_sleep_until(due);
-    ev->t_enq = uv_hrtime();
+      now = uv_hrtime();
+    }
+    ev->t_enq = now;
+    p->late[i] = now - due; /* the sleep ended this late, or we were */
   } else if ((i & r->sample_mask) == 0) {
     ev->t_enq = uv_hrtime();
   }
@@ -565,11 +582,15 @@ int bench_queue_run(const qrun_cfg_t* c, bench_ev_t* evs, qrun_res_t* res) {
     r->lat_cap = r->paced ? c->events
                           : c->events / c->sample_every + r->nprod + 1;
   r->lat = r->lat_cap ? malloc(r->lat_cap * sizeof(*r->lat)) : NULL;
-  if (r->prod == NULL || r->next_seq == NULL || (r->lat_cap && !r->lat)) {
+  if (r->paced && !c->minimal)
+    r->lat_sched = malloc(r->lat_cap * sizeof(*r->lat_sched));
+  if (r->prod == NULL || r->next_seq == NULL || (r->lat_cap && !r->lat) ||
+      (r->paced && !c->minimal && r->lat_sched == NULL)) {
     fprintf(stderr, "uvq-bench: out of memory\n");
     free(r->prod);
     free(r->next_seq);
     free(r->lat);
+    free(r->lat_sched);
     free(r);
     return -1;
   }
@@ -580,6 +601,13 @@ int bench_queue_run(const qrun_cfg_t* c, bench_ev_t* evs, qrun_res_t* res) {
     p->id = k;
     p->count = (uint32_t) (c->events / r->nprod + (k < c->events % r->nprod));
     p->evs = evs + off;
+    if (r->lat_sched != NULL) {
+      p->late = calloc(p->count, sizeof(*p->late));
+      if (p->late == NULL) {
+        fprintf(stderr, "uvq-bench: out of memory\n");
+        exit(2);
+      }
+    }
     if (!c->minimal) {
       uint32_t i;
       for (i = 0; i < p->count; i++) {
@@ -624,7 +652,12 @@ int bench_queue_run(const qrun_cfg_t* c, bench_ev_t* evs, qrun_res_t* res) {
                                            ? malloc_on_async
                                            : ring_on_async);
     r->async.data = r;
-    if (r->pat == PAT_REF_RING) {
+    if (r->pat == PAT_REF_RING && !c->measure_mem && spare_ring != NULL) {
+      r->ring = spare_ring;
+      r->ring_cap = spare_cap;
+      spare_ring = NULL;
+      spare_cap = 0;
+    } else if (r->pat == PAT_REF_RING) {
       r->ring_cap = RING_INITIAL;
       r->ring = malloc(r->ring_cap * sizeof(*r->ring));
       if (r->ring == NULL)
@@ -701,10 +734,19 @@ int bench_queue_run(const qrun_cfg_t* c, bench_ev_t* evs, qrun_res_t* res) {
   memcpy(res->what, r->what, sizeof(res->what));
   res->lat = r->lat;
   res->nlat = r->nlat;
+  res->lat_sched = r->lat_sched;
+  for (k = 0; k < r->nprod; k++)
+    free(r->prod[k].late);
 
   uv_cond_destroy(&r->gate_cond);
   uv_mutex_destroy(&r->gate);
-  free(r->ring);
+  if (r->ring != NULL && r->ring_cap > spare_cap) { /* keep the larger */
+    free(spare_ring);
+    spare_ring = r->ring;
+    spare_cap = r->ring_cap;
+  } else {
+    free(r->ring);
+  }
   free(r->next_seq);
   free(r->prod);
   free(r);

@@ -93,6 +93,13 @@ static int64_t status_kb(const char* name) {
 }
 #endif
 
+void bench_malloc_keep(void) {
+#if defined(__GLIBC__)
+  (void) mallopt(M_TRIM_THRESHOLD, 1 << 30);
+  (void) mallopt(M_MMAP_THRESHOLD, 32 << 20); /* glibc's largest */
+#endif
+}
+
 int64_t bench_mem_mark(void) {
 #if defined(__linux__)
   FILE* f;

@@ -373,6 +373,8 @@ typedef struct {
   size_t nsat;
   uint64_t* paced;   /* pooled paced latency samples (ns) */
   size_t npaced;
+  uint64_t* paced_slot; /* the same from each event's slot (ns) */
+  size_t npaced_slot;
   double* rep_p50;   /* each paced repetition's own p50 and p99 (us) */
   double* rep_p99;
   double paced_secs; /* summed duration of the paced runs */
@@ -381,7 +383,7 @@ typedef struct {
   /* derived */
   spread_t r;
   double wake_med, pass_med, kept_med;
-  double sat_q[3], paced_q[3];
+  double sat_q[3], paced_q[3], paced_slot_q[3];
   spread_t ratio[2]; /* vs ref-malloc, vs ref-ring (per repetition) */
   spread_t lat_ratio[2]; /* paced p50, p99 against the better reference of
                           * the same repetition */
@@ -468,6 +470,60 @@ static bench_ev_t* alloc_events(uint64_t n) {
   return evs;
 }
 
+/* The order of the patterns in repetition rep: a shuffle, the same in every
+ * run of the program. Rotating one fixed order let every pattern follow
+ * the same neighbour each time (ref-ring after ref-malloc, uvq after
+ * ref-ring), so whatever a run leaves behind (allocator state, caches, the
+ * host's view of the vCPUs) always fell on the same pattern. */
+static void shuffled(int* out, const int* pats, unsigned npat, unsigned rep,
+                     unsigned producers) {
+  uint32_t x = (rep + 1) * 2654435761u ^ (producers + 1) * 40503u;
+  unsigned k;
+  memcpy(out, pats, npat * sizeof(*out));
+  for (k = npat; k > 1; k--) {
+    unsigned j;
+    int t;
+    x ^= x << 13; /* xorshift32 */
+    x ^= x >> 17;
+    x ^= x << 5;
+    j = x % k;
+    t = out[k - 1];
+    out[k - 1] = out[j];
+    out[j] = t;
+  }
+}
+
+/* One untimed run of pattern pat: with measure_mem, the case's peak memory;
+ * without, a warm-up. Violations count as in a timed run. */
+static void untimed_run(const opts_t* o, qcase_t* c, int pat, unsigned P,
+                        bench_ev_t* evs, int measure_mem) {
+  qrun_cfg_t cfg;
+  qrun_res_t res;
+  memset(&cfg, 0, sizeof(cfg));
+  cfg.pattern = (pattern_t) pat;
+  cfg.producers = P;
+  cfg.events = o->events;
+  cfg.capacity = o->capacity;
+  cfg.poll_us = o->poll_us;
+  cfg.sample_every = measure_mem ? 0 : o->sample_every;
+  cfg.stall_seconds = o->stall_seconds;
+  cfg.measure_mem = measure_mem;
+  if (bench_queue_run(&cfg, evs, &res) != 0)
+    exit(2);
+  if (measure_mem)
+    c->peak_mem = res.peak_mem;
+  free(res.lat);
+  free(res.lat_sched);
+  if (res.violations != 0) {
+    char where[80];
+    snprintf(where, sizeof(where), "%s, %u producers, %s run",
+             bench_pattern_names[pat], P, measure_mem ? "memory" : "warm-up");
+    report_violation(where, res.what);
+    c->violations += res.violations;
+    g_violations += res.violations;
+  }
+}
+
 static void run_queue(const opts_t* o, qcase_t* cases) {
   uint64_t maxev = o->events > o->paced_events ? o->events : o->paced_events;
   bench_ev_t* evs = alloc_events(maxev);
@@ -481,40 +537,21 @@ static void run_queue(const opts_t* o, qcase_t* cases) {
   for (pi = 0; pi < o->nproducers; pi++) {
     unsigned P = o->producers[pi];
     fprintf(stderr, "queue, %u producer%s: mem", P, P == 1 ? "" : "s");
-    /* One untimed run per pattern: it measures peak memory (after giving
-     * free heap back, so nothing earlier is reused) and warms up what the
-     * timed runs reuse (malloc's arenas, thread stacks), as in a process
+    /* One untimed run per pattern measures peak memory (after giving free
+     * heap back, so nothing earlier is reused); then one more warms up
+     * what the timed runs reuse (malloc's arenas, which the memory run
+     * trimmed, thread stacks, ref-ring's grown array), as in a process
      * that has been running for a while. */
-    for (k = 0; k < npat; k++) {
-      int pat = pats[k];
-      qcase_t* c = &cases[pi * PAT_COUNT + pat];
-      qrun_cfg_t cfg;
-      qrun_res_t res;
-      memset(&cfg, 0, sizeof(cfg));
-      cfg.pattern = (pattern_t) pat;
-      cfg.producers = P;
-      cfg.events = o->events;
-      cfg.capacity = o->capacity;
-      cfg.poll_us = o->poll_us;
-      cfg.stall_seconds = o->stall_seconds;
-      cfg.measure_mem = 1;
-      if (bench_queue_run(&cfg, evs, &res) != 0)
-        exit(2);
-      c->peak_mem = res.peak_mem;
-      free(res.lat);
-      if (res.violations != 0) {
-        char where[80];
-        snprintf(where, sizeof(where), "%s, %u producers, memory run",
-                 bench_pattern_names[pat], P);
-        report_violation(where, res.what);
-        c->violations += res.violations;
-        g_violations += res.violations;
-      }
-    }
+    for (k = 0; k < npat; k++)
+      untimed_run(o, &cases[pi * PAT_COUNT + pats[k]], pats[k], P, evs, 1);
+    fprintf(stderr, " warm");
+    for (k = 0; k < npat; k++)
+      untimed_run(o, &cases[pi * PAT_COUNT + pats[k]], pats[k], P, evs, 0);
     for (rep = 0; rep < o->runs; rep++) {
-      /* Rotate the order each repetition: no pattern always runs first. */
+      int order[PAT_COUNT];
+      shuffled(order, pats, npat, rep, P);
       for (k = 0; k < npat; k++) {
-        int pat = pats[(k + rep) % npat];
+        int pat = order[k];
         qcase_t* c = &cases[pi * PAT_COUNT + pat];
         qrun_cfg_t cfg;
         qrun_res_t res;
@@ -549,8 +586,10 @@ static void run_queue(const opts_t* o, qcase_t* cases) {
       fprintf(stderr, " %u", rep + 1);
     }
     for (rep = 0; o->paced_events != 0 && rep < o->paced_runs; rep++) {
+      int order[PAT_COUNT];
+      shuffled(order, pats, npat, rep + 1000, P);
       for (k = 0; k < npat; k++) {
-        int pat = pats[(k + rep) % npat];
+        int pat = order[k];
         qcase_t* c = &cases[pi * PAT_COUNT + pat];
         qrun_cfg_t cfg;
         qrun_res_t res;
@@ -572,7 +611,10 @@ static void run_queue(const opts_t* o, qcase_t* cases) {
           c->rep_p99[rep] = q[1];
         }
         append(&c->paced, &c->npaced, res.lat, res.nlat);
+        if (res.lat_sched != NULL)
+          append(&c->paced_slot, &c->npaced_slot, res.lat_sched, res.nlat);
         free(res.lat);
+        free(res.lat_sched);
         c->paced_secs += res.seconds;
         c->paced_cpu += res.cpu_seconds;
         c->paced_evs += o->paced_events;
@@ -604,6 +646,7 @@ static void run_queue(const opts_t* o, qcase_t* cases) {
       c->kept_med = spread(c->kept, o->runs).med;
       quantiles(c->sat, c->nsat, c->sat_q);
       quantiles(c->paced, c->npaced, c->paced_q);
+      quantiles(c->paced_slot, c->npaced_slot, c->paced_slot_q);
       for (ref = 0; ref < 2; ref++) {
         qcase_t* rc = &cases[pi * PAT_COUNT + PAT_REF_MALLOC + ref];
         double ratio[1000];
@@ -1109,6 +1152,21 @@ static void print_queue(const opts_t* o, qcase_t* cases) {
     printf("cores: the process's CPU time over the wall time of the paced "
            "runs (every\nthread). uvq-poll: poll window %u us.\n",
            o->poll_us);
+    printf("\nPaced latency from each event's slot (its scheduled time), "
+           "microseconds: the\nabove plus how late the producer stamped it "
+           "(a sleep that ended late, a\ncore taken by another thread)\n");
+    printf("%-3s %-14s | %8s %8s %9s\n", "P", "pattern", "p50", "p99",
+           "p99.9");
+    for (pi = 0; pi < o->nproducers; pi++) {
+      for (k = 0; k < PAT_COUNT; k++) {
+        qcase_t* c = &cases[pi * PAT_COUNT + k];
+        if (!c->ran || c->npaced_slot == 0)
+          continue;
+        printf("%-3u %-14s | %8.1f %8.1f %9.1f\n", c->producers,
+               bench_pattern_names[k], c->paced_slot_q[0], c->paced_slot_q[1],
+               c->paced_slot_q[2]);
+      }
+    }
     print_paired(o, cases);
   }
 }
@@ -1309,6 +1367,9 @@ static int write_json(const opts_t* o, qcase_t* qc, ccase_t* cc, bcase_t* bc,
       json_lat(f, "latency_saturated_us", c->sat_q, c->nsat);
       fputs(", ", f);
       json_lat(f, "latency_paced_us", c->paced_q, c->npaced);
+      fputs(", ", f);
+      json_lat(f, "latency_paced_from_slot_us", c->paced_slot_q,
+               c->npaced_slot);
       if (c->npaced != 0) {
         fputs(", \"runs_paced_p50_us\": ", f);
         json_runs(f, c->rep_p50, o->paced_runs);
@@ -1478,7 +1539,8 @@ int main(int argc, char** argv) {
   if (parse_opts(argc, argv, &o) != 0)
     return 2;
   if (o.callgrind != NULL)
-    return run_callgrind(&o);
+    return run_callgrind(&o); /* as before: malloc's defaults */
+  bench_malloc_keep();
 
   qc = calloc(o.nproducers * PAT_COUNT, sizeof(*qc));
   cc = calloc(o.nchan * CPAT_COUNT, sizeof(*cc));
@@ -1559,6 +1621,7 @@ int main(int argc, char** argv) {
     free(qc[i].kept);
     free(qc[i].sat);
     free(qc[i].paced);
+    free(qc[i].paced_slot);
     free(qc[i].rep_p50);
     free(qc[i].rep_p99);
   }
