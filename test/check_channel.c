@@ -327,16 +327,31 @@ END_TEST
 
 /* Senders racing with a close: each send either succeeded before the close
  * (and its event is received) or failed with "closed"; after the close
- * returned, none succeeds. */
+ * returned, none succeeds. The senders are all halfway when the close
+ * comes, so it lands in the middle of their sends, and each one's last
+ * send waits for the close to have returned: at least one attempt per
+ * sender is certainly late. */
 static atomic_int race_closed;
 static atomic_uint race_late_ok;
+static atomic_uint race_halfway;
+static atomic_int race_go;
 
 static void racer_main(void* arg) {
   sender_t* s = arg;
   unsigned i;
   for (i = 0; i < s->count; i++) {
-    int was_closed = atomic_load(&race_closed);
-    int r = uvq_channel_try_send(&ch, &s->items[i].ev);
+    int was_closed;
+    int r;
+    if (i == s->count / 2) {
+      atomic_fetch_add(&race_halfway, 1);
+      while (!atomic_load(&race_go))
+        uvq_test_yield();
+    }
+    if (i == s->count - 1)
+      while (!atomic_load(&race_closed))
+        uvq_test_yield();
+    was_closed = atomic_load(&race_closed);
+    r = uvq_channel_try_send(&ch, &s->items[i].ev);
     if (r == 0) {
       s->ok++;
       if (was_closed)
@@ -360,6 +375,8 @@ START_TEST(channel_close_wins_over_concurrent_senders) {
 
   atomic_store(&race_closed, 0);
   atomic_store(&race_late_ok, 0);
+  atomic_store(&race_halfway, 0);
+  atomic_store(&race_go, 0);
   ck_assert_int_eq(uvq_channel_init(&ch, S * PER), 0);
   for (i = 0; i < S; i++) {
     memset(&snd[i], 0, sizeof(snd[i]));
@@ -368,7 +385,9 @@ START_TEST(channel_close_wins_over_concurrent_senders) {
   }
   for (i = 0; i < S; i++)
     ck_assert_int_eq(uv_thread_create(&snd[i].tid, racer_main, &snd[i]), 0);
-  uv_sleep(1);
+  while (atomic_load(&race_halfway) < S)
+    uvq_test_yield();
+  atomic_store(&race_go, 1);
   ck_assert_int_eq(uvq_channel_close(&ch), 0);
   atomic_store(&race_closed, 1);
   senders_join(snd, S);
@@ -379,6 +398,8 @@ START_TEST(channel_close_wins_over_concurrent_senders) {
   for (i = 0; i < S; i++) {
     ck_assert_uint_eq(snd[i].other, 0);
     ck_assert_uint_eq(snd[i].ok + snd[i].closed, PER);
+    ck_assert_uint_ge(snd[i].ok, PER / 2); /* all before the close */
+    ck_assert_uint_ge(snd[i].closed, 1);   /* the last, at least */
     sent += snd[i].ok;
   }
   ck_assert_uint_eq(atomic_load(&race_late_ok), 0);

@@ -692,7 +692,9 @@ START_TEST(queue_enqueue_timeout_expires_while_the_loop_is_not_draining) {
   ck_assert_int_eq(uvq_queue_stats(&queue, &st), 0);
   ck_assert_uint_eq(st.enqueued, 2);
   ck_assert_uint_eq(st.depth, 2);
-  ck_assert_uint_ge(st.sleeps, T); /* each slept before its deadline */
+  /* Slept (a producer preempted past its deadline while it spun would
+   * time out without sleeping: not all of them need to, under load). */
+  ck_assert_uint_ge(st.sleeps, 1);
   run_until_delivered(2);
   /* The timed-out events are still their callers': they can go in now. */
   for (i = 0; i < T; i++)
@@ -827,7 +829,6 @@ END_TEST
  * machine), then one timed enqueue runs out. */
 START_TEST(queue_timed_out_wait_turns_the_spin_off) {
   uvq_queue_options_t o;
-  uvq_queue_stats_t st;
   item_t first[1];
   timed_t t;
   uint64_t spin;
@@ -845,8 +846,6 @@ START_TEST(queue_timed_out_wait_turns_the_spin_off) {
   ck_assert_uint_ge(t.waited_ns, 5 * (uint64_t) 1000000);
   spin = atomic_load(&queue.spin_ns_);
   ck_assert_uint_eq(spin, 0);
-  ck_assert_int_eq(uvq_queue_stats(&queue, &st), 0);
-  ck_assert_uint_ge(st.sleeps, 1);
   ck_assert_uint_eq(item_released(&t.item), 0); /* still the caller's */
   stop_and_close(UVQ_STOP_DRAIN);
   ck_assert_uint_eq(close_stats.delivered, 1);
@@ -1157,11 +1156,14 @@ START_TEST(queue_stop_wakes_blocked_producers_with_eclosed) {
   /* Half wait forever, half with a timeout far beyond the test's. */
   producers_start(prods, P / 2, 1, VIA_ENQUEUE, 0);
   producers_start(prods + P / 2, P / 2, 1, VIA_TIMEOUT, 600000);
-  uv_sleep(50); /* make it likely that all of them wait */
+  /* All of them asleep on the condition variable (a sleep is counted under
+   * the lock the stop's broadcast takes, so none can miss it). */
+  wait_for_sleeps(P);
   ck_assert_int_eq(uvq_queue_stop(&queue, UVQ_STOP_DRAIN, count_close), 0);
-  /* Run before joining: the close must wait for the producers to leave. */
-  ck_assert_int_eq(uv_run(&loop, UV_RUN_DEFAULT), 0);
+  /* Join before the loop runs: the stop alone must wake them (a drain
+   * pass would free room and wake them too, hiding a stop that did not). */
   producers_join(prods, P);
+  ck_assert_int_eq(uv_run(&loop, UV_RUN_DEFAULT), 0);
   ck_assert_uint_eq(closed, 1);
   for (i = 0; i < P; i++) {
     ck_assert_int_eq(prods[i].results[0], UVQ_ECLOSED);
