@@ -884,6 +884,31 @@ START_TEST(channel_destroy_refuses_while_a_thread_is_blocked_inside) {
   ck_assert_int_eq(uv_thread_join(&tid), 0);
   ck_assert_int_eq(atomic_load(&blocked_result), UVQ_ECLOSED);
   ck_assert_int_eq(uvq_channel_destroy(&ch), 0);
+
+  /* The same with a sender blocked on a full channel. (A blocked sender
+   * means events in the channel, which alone make destroy refuse: this
+   * checks the refusal, not which of destroy's tests gives it.) */
+  {
+    item_t it[2];
+    uvq_event_t* ev;
+    items_init(it, 2, 0);
+    atomic_store(&blocked_result, -1);
+    atomic_store(&blocked_done, 0);
+    ck_assert_int_eq(uvq_channel_init(&ch, 1), 0);
+    ck_assert_int_eq(uvq_channel_try_send(&ch, &it[0].ev), 0);
+    ck_assert_int_eq(uv_thread_create(&tid, blocked_sender_main, &it[1].ev),
+                     0);
+    while (atomic_load(&ch.send_waiters_) < 4)
+      uv_sleep(1);
+    ck_assert_int_eq(uvq_channel_destroy(&ch), UVQ_EBUSY);
+    ck_assert_int_eq(uvq_channel_close(&ch), 0);
+    ck_assert_int_eq(uv_thread_join(&tid), 0);
+    ck_assert_int_eq(atomic_load(&blocked_result), UVQ_ECLOSED);
+    ck_assert_int_eq(uvq_channel_destroy(&ch), UVQ_EBUSY); /* it[0] */
+    ck_assert_int_eq(uvq_channel_try_recv(&ch, &ev), 0);
+    ck_assert_ptr_eq(ev, &it[0].ev);
+    ck_assert_int_eq(uvq_channel_destroy(&ch), 0);
+  }
   uvq_test_loop_done(&loop);
 }
 END_TEST
@@ -934,6 +959,12 @@ static void sink_closed_cb(uvq_sink_t* s) {
   ck_assert_ptr_eq(s, &cs.sink);
   ck_assert(on_loop_thread());
   sink_closes++;
+}
+
+/* Given to a second close: never called (sink_closed_cb is, once). */
+static void second_sink_closed_cb(uvq_sink_t* s) {
+  (void) s;
+  sink_closes += 100;
 }
 
 /* Unrefs what it receives: the channel sink's receiver owns a reference. */
@@ -1057,7 +1088,7 @@ START_TEST(channel_sink_close_close_then_write_returns_eclosed) {
   ck_assert_int_eq(uvq_sink_write(&cs.sink, &it[0].ev), 0);
   ck_assert_uint_eq(uvq_event_refs(&it[0].ev), 2); /* ours + the channel's */
   ck_assert_int_eq(uvq_sink_close(&cs.sink, sink_closed_cb), 0);
-  ck_assert_int_eq(uvq_sink_close(&cs.sink, sink_closed_cb), 0);
+  ck_assert_int_eq(uvq_sink_close(&cs.sink, second_sink_closed_cb), 0);
   for (i = 0; i < 10000; i++)
     ck_assert_int_eq(uvq_sink_write(&cs.sink, &it[1].ev), UVQ_ECLOSED);
   ck_assert_uint_eq(uvq_event_refs(&it[1].ev), 1);

@@ -830,6 +830,8 @@ Suite* faults_suite(void) {
     fprintf(stderr, "faults: init failure tests left out: %s\n", why);
   if (uvq_fault_available(UVQ_FAULT_MUTEX | UVQ_FAULT_COND, &why))
     tcase_add_test(tc, faults_channel_init_fails_cleanly_at_every_step);
+  else
+    fprintf(stderr, "faults: channel init failure test left out: %s\n", why);
   if (uvq_fault_available(UVQ_FAULT_ALLOC, &why)) {
     tcase_add_test(tc, faults_queue_sink_write_without_memory_returns_enomem);
     tcase_add_test(tc, faults_broadcast_add_without_memory_changes_nothing);

@@ -558,6 +558,39 @@ START_TEST(queue_as_sink_full_block_queue_says_again_then_ready) {
 }
 END_TEST
 
+/* The same with UVQ_FAIL: a full queue says UVQ_EFULL (it will not call
+ * ready: nobody waits), and the event is not taken. */
+START_TEST(queue_as_sink_full_fail_queue_returns_efull) {
+  uvq_queue_options_t o = {.capacity = 1, .overflow = UVQ_FAIL};
+  uvq_queue_t q;
+  test_sink_t ts;
+  item_t* items = make_items(2, 0);
+  uvq_sink_t* face;
+
+  face_ready_calls = 0;
+  test_sink_init(&ts);
+  ck_assert_int_eq(uvq_queue_init_sink(&loop, &q, &ts.sink, &o), 0);
+  face = uvq_queue_sink(&q);
+  ck_assert_int_eq(uvq_sink_set_ready_cb(face, face_ready, NULL), 0);
+  ck_assert_int_eq(uvq_sink_write(face, &items[0].ev), 0);
+  ck_assert_int_eq(uvq_sink_write(face, &items[1].ev), UVQ_EFULL);
+  ck_assert_uint_eq(uvq_event_refs(&items[1].ev), 1); /* not taken */
+  ck_assert_int_eq(uv_run(&loop, UV_RUN_NOWAIT), 1);
+  ck_assert_uint_eq(ts.taken, 1);
+  ck_assert_uint_eq(face_ready_calls, 0); /* EFULL promises no ready */
+  ck_assert_int_eq(uvq_sink_write(face, &items[1].ev), 0); /* room now */
+  ck_assert_int_eq(uvq_sink_close(face, NULL), 0);
+  ck_assert_int_eq(uv_run(&loop, UV_RUN_DEFAULT), 0);
+  ck_assert_uint_eq(ts.taken, 2);
+  ck_assert_uint_eq(sink_closed, 1);
+  uvq_event_unref(&items[0].ev);
+  uvq_event_unref(&items[1].ev);
+  ck_assert_uint_eq(released, 2);
+  free(items);
+  uvq_test_loop_done(&loop);
+}
+END_TEST
+
 START_TEST(queue_init_sink_rejects_bad_sinks) {
   uvq_queue_t q, q2;
   test_sink_t ts;
@@ -592,6 +625,7 @@ Suite* queue_sink_suite(void) {
   tcase_add_test(tc, queue_to_sink_poll_window_restarts_when_the_held_event_goes);
   tcase_add_test(tc, queue_as_sink_shares_one_event_between_queues);
   tcase_add_test(tc, queue_as_sink_full_block_queue_says_again_then_ready);
+  tcase_add_test(tc, queue_as_sink_full_fail_queue_returns_efull);
   tcase_add_test(tc, queue_init_sink_rejects_bad_sinks);
   suite_add_tcase(s, tc);
   return s;
