@@ -420,6 +420,20 @@ END_TEST
 static atomic_int blocked_result;
 static atomic_int blocked_done;
 
+/* Until n threads sleep in a waiters word (a private field: no public call
+ * can say "somebody is blocked" without racing; each sleeper counts 4).
+ * A sleeper registers under lock_ and holds it until its wait releases it,
+ * so once we have taken the lock too, each one is in its wait. */
+static void wait_for_sleepers(_Atomic(uint64_t)* word, unsigned n) {
+  uint64_t deadline = uv_hrtime() + 10 * (uint64_t) 1000000000;
+  while (atomic_load(word) < 4 * (uint64_t) n) {
+    ck_assert_msg(uv_hrtime() < deadline, "fewer than %u threads blocked", n);
+    uv_sleep(1);
+  }
+  uv_mutex_lock(&ch.lock_);
+  uv_mutex_unlock(&ch.lock_);
+}
+
 static void blocked_sender_main(void* arg) {
   atomic_store(&blocked_result, uvq_channel_send(&ch, arg));
   atomic_store(&blocked_done, 1);
@@ -436,7 +450,7 @@ START_TEST(channel_blocking_send_wakes_when_a_receiver_frees_space) {
   ck_assert_int_eq(uvq_channel_init(&ch, 1), 0);
   ck_assert_int_eq(uvq_channel_send(&ch, &it[0].ev), 0);
   ck_assert_int_eq(uv_thread_create(&tid, blocked_sender_main, &it[1].ev), 0);
-  uv_sleep(50); /* let it block */
+  wait_for_sleepers(&ch.send_waiters_, 1);
   ck_assert_int_eq(atomic_load(&blocked_done), 0); /* full: it must wait */
   ck_assert_int_eq(uvq_channel_recv(&ch, &ev), 0);
   ck_assert_ptr_eq(ev, &it[0].ev);
@@ -466,7 +480,7 @@ START_TEST(channel_blocking_recv_wakes_when_a_sender_sends) {
   atomic_store(&blocked_done, 0);
   ck_assert_int_eq(uvq_channel_init(&ch, 4), 0);
   ck_assert_int_eq(uv_thread_create(&tid, blocked_receiver_main, &got), 0);
-  uv_sleep(50);
+  wait_for_sleepers(&ch.recv_waiters_, 1);
   ck_assert_int_eq(atomic_load(&blocked_done), 0); /* empty: it must wait */
   ck_assert_int_eq(uvq_channel_send(&ch, &it.ev), 0);
   ck_assert_int_eq(uv_thread_join(&tid), 0);
@@ -573,7 +587,7 @@ START_TEST(channel_close_wakes_blocked_senders_then_receivers_drain) {
     snd[i].items = items_new(1, i);
     ck_assert_int_eq(uv_thread_create(&snd[i].tid, sender_main, &snd[i]), 0);
   }
-  uv_sleep(50); /* let them block */
+  wait_for_sleepers(&ch.send_waiters_, S);
   ck_assert_int_eq(uvq_channel_close(&ch), 0);
   senders_join(snd, S);
   for (i = 0; i < S; i++) {
@@ -607,7 +621,7 @@ START_TEST(channel_close_wakes_blocked_receivers_with_eclosed) {
   ck_assert_int_eq(uvq_channel_init(&ch, 8), 0);
   receivers_start(rc, 2, VIA_BLOCK, 0);
   receivers_start(rc + 2, 2, VIA_TIMEOUT, 0);
-  uv_sleep(50);
+  wait_for_sleepers(&ch.recv_waiters_, R);
   ck_assert_int_eq(uvq_channel_close(&ch), 0);
   receivers_join(rc, R);
   for (i = 0; i < R; i++) {
