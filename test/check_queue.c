@@ -47,6 +47,7 @@ static unsigned closed;
 static unsigned order_errors;
 static atomic_uint off_loop_calls; /* loop-thread callbacks seen elsewhere */
 static atomic_uint wrong_queue_calls; /* release called with another queue */
+static atomic_uint releases_off_loop; /* release ran on another thread */
 static unsigned next_seq[MAX_PRODUCERS];
 static uvq_queue_stats_t close_stats;  /* counters seen by the close cb */
 static unsigned accounted_at_close;    /* delivered + released, then */
@@ -58,6 +59,7 @@ static void setup(void) {
   atomic_store(&released, 0);
   atomic_store(&off_loop_calls, 0);
   atomic_store(&wrong_queue_calls, 0);
+  atomic_store(&releases_off_loop, 0);
   memset(next_seq, 0, sizeof(next_seq));
   memset(&close_stats, 0, sizeof(close_stats));
 }
@@ -117,6 +119,8 @@ static void count_release(uvq_queue_t* q, uvq_event_t* ev) {
     atomic_fetch_add(&wrong_queue_calls, 1);
   atomic_fetch_add(&it->nreleased, 1);
   atomic_fetch_add(&released, 1);
+  if (!on_loop_thread())
+    atomic_fetch_add(&releases_off_loop, 1);
 }
 
 static void count_close(uvq_queue_t* q) {
@@ -2012,6 +2016,44 @@ START_TEST(queue_stats_depth_of_a_bounded_queue_never_exceeds_its_capacity) {
 }
 END_TEST
 
+/* uvq.h: "when the overflow policy drops an event, the release function
+ * runs on the producer thread that caused the drop"; a discard stop
+ * releases on the loop thread. */
+START_TEST(queue_drop_policies_release_on_the_producer_thread) {
+  static const uvq_overflow_t policies[2] = {UVQ_DROP_NEW, UVQ_DROP_OLDEST};
+  unsigned k;
+
+  for (k = 0; k < 2; k++) {
+    uvq_queue_options_t o;
+    item_t it[3];
+    items_init(it, 3, 0);
+    atomic_store(&released, 0);
+    atomic_store(&releases_off_loop, 0);
+    closed = 0;
+    ck_assert_int_eq(uvq_queue_init(&loop, &queue, count_process,
+                                    opts_of(&o, 1, policies[k], 0)), 0);
+    ck_assert_int_eq(uvq_queue_try_enqueue(&queue, &it[0].ev), 0);
+    /* Full: another thread's enqueue drops one (the new event or the
+     * oldest) and releases it there. */
+    ck_assert_uint_eq(enqueue_on_a_thread(&it[1], 1), 1);
+    ck_assert_uint_eq(atomic_load(&released), 1);
+    ck_assert_uint_eq(atomic_load(&releases_off_loop), 1);
+    ck_assert_uint_eq(item_released(policies[k] == UVQ_DROP_NEW ? &it[1]
+                                                                : &it[0]),
+                      1);
+    /* The one left is discarded by the stop, on the loop thread. */
+    ck_assert_int_eq(uvq_queue_stop(&queue, UVQ_STOP_DISCARD, count_close),
+                     0);
+    ck_assert_int_eq(uv_run(&loop, UV_RUN_DEFAULT), 0);
+    ck_assert_uint_eq(closed, 1);
+    ck_assert_uint_eq(atomic_load(&released), 2);
+    ck_assert_uint_eq(atomic_load(&releases_off_loop), 1);
+    ck_assert_uint_eq(delivered, 0);
+  }
+  uvq_test_loop_done(&loop);
+}
+END_TEST
+
 /* The same flood from the loop thread: yielding would only hand the CPU to
  * the producers that flood it, so it never does. Bounded queues have their
  * own backpressure and never count a yield either. */
@@ -2403,6 +2445,7 @@ Suite* queue_suite(void) {
   tcase_add_test(tc, queue_producer_yields_when_the_loop_is_far_behind);
   tcase_add_test(tc, queue_producer_does_not_yield_when_the_loop_has_caught_up);
   tcase_add_test(tc, queue_refused_enqueue_after_a_stop_is_not_waited_for);
+  tcase_add_test(tc, queue_drop_policies_release_on_the_producer_thread);
   tcase_add_test(tc,
              queue_stats_depth_of_a_bounded_queue_never_exceeds_its_capacity);
   tcase_add_test(tc, queue_loop_thread_and_bounded_queues_never_yield);

@@ -1361,10 +1361,22 @@ START_TEST(backoff_waits_are_bounded_random_and_reset) {
   for (k = 0; k < 100; k++)
     ck_assert_uint_lt(s->proceed(s->state, NULL),
                       UVQ_BACKOFF_DEFAULT_MAX_MS);
-  /* A zero seed still seeds (from the clock). */
+  /* A zero seed still seeds (from the clock and the address): two such
+   * backoffs draw different waits (the same 50 draws from 0..19 by chance:
+   * 20^-50). */
   ck_assert_int_eq(uvq_backoff_init(&bo, 10, 10, 100, 0), 0);
+  ck_assert_int_eq(uvq_backoff_init(&twin, 10, 10, 100, 0), 0);
   s->failure(s->state, NULL, UV_EIO);
-  ck_assert_uint_lt(s->proceed(s->state, NULL), 20);
+  twin.strategy.failure(twin.strategy.state, NULL, UV_EIO);
+  {
+    unsigned same = 0;
+    for (k = 0; k < 50; k++) {
+      d = s->proceed(s->state, NULL);
+      ck_assert_uint_lt(d, 20);
+      same += d == twin.strategy.proceed(twin.strategy.state, NULL);
+    }
+    ck_assert_uint_lt(same, 50);
+  }
   finish_loop(); /* the fixture's loop, unused here */
 }
 END_TEST
