@@ -493,20 +493,28 @@ static void shuffled(int* out, const int* pats, unsigned npat, unsigned rep,
   }
 }
 
+/* A saturated run of pattern pat with P producers, as the options say. */
+static void saturated_cfg(const opts_t* o, int pat, unsigned P,
+                          qrun_cfg_t* cfg) {
+  memset(cfg, 0, sizeof(*cfg));
+  cfg->pattern = (pattern_t) pat;
+  cfg->producers = P;
+  cfg->events = o->events;
+  cfg->capacity = o->capacity;
+  cfg->poll_us = o->poll_us;
+  cfg->sample_every = o->sample_every;
+  cfg->stall_seconds = o->stall_seconds;
+}
+
 /* One untimed run of pattern pat: with measure_mem, the case's peak memory;
  * without, a warm-up. Violations count as in a timed run. */
 static void untimed_run(const opts_t* o, qcase_t* c, int pat, unsigned P,
                         bench_ev_t* evs, int measure_mem) {
   qrun_cfg_t cfg;
   qrun_res_t res;
-  memset(&cfg, 0, sizeof(cfg));
-  cfg.pattern = (pattern_t) pat;
-  cfg.producers = P;
-  cfg.events = o->events;
-  cfg.capacity = o->capacity;
-  cfg.poll_us = o->poll_us;
-  cfg.sample_every = measure_mem ? 0 : o->sample_every;
-  cfg.stall_seconds = o->stall_seconds;
+  saturated_cfg(o, pat, P, &cfg);
+  if (measure_mem)
+    cfg.sample_every = 0;
   cfg.measure_mem = measure_mem;
   if (bench_queue_run(&cfg, evs, &res) != 0)
     exit(2);
@@ -555,14 +563,7 @@ static void run_queue(const opts_t* o, qcase_t* cases) {
         qcase_t* c = &cases[pi * PAT_COUNT + pat];
         qrun_cfg_t cfg;
         qrun_res_t res;
-        memset(&cfg, 0, sizeof(cfg));
-        cfg.pattern = (pattern_t) pat;
-        cfg.producers = P;
-        cfg.events = o->events;
-        cfg.capacity = o->capacity;
-        cfg.poll_us = o->poll_us;
-        cfg.sample_every = o->sample_every;
-        cfg.stall_seconds = o->stall_seconds;
+        saturated_cfg(o, pat, P, &cfg);
         if (bench_queue_run(&cfg, evs, &res) != 0)
           exit(2);
         c->ran = 1;
@@ -593,15 +594,11 @@ static void run_queue(const opts_t* o, qcase_t* cases) {
         qcase_t* c = &cases[pi * PAT_COUNT + pat];
         qrun_cfg_t cfg;
         qrun_res_t res;
-        memset(&cfg, 0, sizeof(cfg));
-        cfg.pattern = (pattern_t) pat;
-        cfg.producers = P;
+        saturated_cfg(o, pat, P, &cfg);
         cfg.events = o->paced_events;
-        cfg.capacity = o->capacity;
-        cfg.poll_us = o->poll_us;
+        cfg.sample_every = 0; /* paced runs stamp every event */
         cfg.rate = o->rate;
         cfg.timer_slack = o->timer_slack;
-        cfg.stall_seconds = o->stall_seconds;
         if (bench_queue_run(&cfg, evs, &res) != 0)
           exit(2);
         if (res.nlat != 0) {
