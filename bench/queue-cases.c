@@ -582,10 +582,10 @@ int bench_queue_run(const qrun_cfg_t* c, bench_ev_t* evs, qrun_res_t* res) {
     r->lat_cap = r->paced ? c->events
                           : c->events / c->sample_every + r->nprod + 1;
   r->lat = r->lat_cap ? malloc(r->lat_cap * sizeof(*r->lat)) : NULL;
-  if (r->paced && !c->minimal)
+  if (r->paced && r->lat_cap) /* every event stamped: both latencies */
     r->lat_sched = malloc(r->lat_cap * sizeof(*r->lat_sched));
   if (r->prod == NULL || r->next_seq == NULL || (r->lat_cap && !r->lat) ||
-      (r->paced && !c->minimal && r->lat_sched == NULL)) {
+      (r->paced && r->lat_cap && !r->lat_sched)) {
     fprintf(stderr, "uvq-bench: out of memory\n");
     free(r->prod);
     free(r->next_seq);

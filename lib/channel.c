@@ -93,14 +93,14 @@ static inline uvq__slot_t* uvq__slot(const uvq_channel_t* ch, uint64_t pos) {
 
 /* -- the ring ------------------------------------------------------------- */
 
-/* One attempt to send: 0, UVQ_EFULL or UVQ_ECLOSED. Does not wake anybody. */
-/* test/check_channel_race.c builds a copy of this file with a pause here,
- * between a sender's claim of a slot and its publish, which no test could
- * otherwise schedule. Nothing in the library's own build. */
+/* test/check_channel_race.c builds a copy of this file with a pause in
+ * uvq__put, between a sender's claim of a slot and its publish, which no
+ * test could otherwise schedule. Nothing in the library's own build. */
 #ifndef UVQ__CH_AFTER_CLAIM
 # define UVQ__CH_AFTER_CLAIM() ((void) 0)
 #endif
 
+/* One attempt to send: 0, UVQ_EFULL or UVQ_ECLOSED. Does not wake anybody. */
 static inline int uvq__put(uvq_channel_t* ch, uvq_event_t* ev) {
   uint64_t t = atomic_load(&ch->tail_);
   uvq__slot_t* s;

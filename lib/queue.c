@@ -565,8 +565,7 @@ static void uvq__on_user_dst_closed(uvq_sink_t* dst) {
   uvq_queue_t* q = dst->ready_arg_;
   uvq_sink_close_cb cb = q->dst_close_cb_;
   q->dst_close_cb_ = NULL;
-  dst->ready_cb_ = NULL; /* dst is done: nothing calls it any more */
-  dst->ready_arg_ = NULL;
+  uvq_sink_set_ready_cb(dst, NULL, NULL); /* before cb, which may free dst */
   if (cb != NULL)
     cb(dst);
   uvq__close_handles(q);
@@ -590,7 +589,8 @@ static void uvq__close(uvq_queue_t* q) {
     return;
   }
   if (uvq_sink_is_closed(dst)) {
-    /* The user closed it already, and it completed. */
+    /* The user closed it already, and it completed (or it is closing with
+     * another upstream than us, whose completion we cannot hook). */
     uvq_sink_set_ready_cb(dst, NULL, NULL);
     uvq__close_handles(q);
     return;
