@@ -369,6 +369,7 @@ struct uvq_queue_s {
   /* Consumer's line. */
   UVQ__ALIGNAS(UVQ__CACHELINE) uvq_event_t* head_;
   uvq_event_t* held_;
+  int held_waits_; /* held_ waits for the sink's ready */
   UVQ__ATOMIC(uint64_t) removed_;
   UVQ__ATOMIC(uint64_t) delivered_;
   UVQ__ATOMIC(uint64_t) dropped_oldest_;

@@ -607,6 +607,7 @@ static void uvq__close(uvq_queue_t* q) {
 static void uvq__dst_ready(uvq_sink_t* dst, void* arg) {
   uvq_queue_t* q = arg;
   (void) dst;
+  q->held_waits_ = 0; /* the sink's loop thread is ours: no race */
   if (UVQ__LOAD(&q->phase_, relaxed) == UVQ__RUNNING)
     uv_async_send(&q->async_);
 }
@@ -705,11 +706,14 @@ static int uvq__to_sink(uvq_queue_t* q, uvq_event_t* ev, uvq__pass_t* p) {
   int r;
   if (uvq__is_carrier(q, ev))
     inner = ((uvq__carrier_t*) ev)->inner;
+  /* Set before the write: a sink that (against sinks.md) says ready
+   * inside it, before its "again", clears it, and is offered again. */
+  q->held_waits_ = 1;
   /* uvq_sink_write's checks, the thread's once per pass (not per event) */
   r = p->on_sink_thread ? uvq__sink_write_checked(q->sink_, inner)
                         : UVQ_ETHREAD;
   if (r == UVQ_EAGAIN) {
-    q->held_ = ev;
+    q->held_ = ev; /* offered again after uvq__dst_ready */
     return 1;
   }
   if (r == 0) {
@@ -782,14 +786,19 @@ static void uvq__drain(uvq_queue_t* q) {
     accepted = stop_count;
   uvq__note_depth(q, accepted - removed);
 
-  /* The event a sink refused with "again" goes first, or nothing does. */
+  /* The event a sink refused with "again" goes first, or nothing does; and
+   * not before the sink's ready: a stop or a stale send may run this pass
+   * while it waits, and the sink was promised no write until then. */
   if (q->held_ != NULL) {
     uvq_event_t* ev = q->held_;
-    q->held_ = NULL;
     if (UVQ__LOAD(&q->stop_mode_, relaxed) & UVQ__STOP_DISCARD) {
+      q->held_ = NULL;
       p.discarded++;
       uvq__release(q, ev);
+    } else if (q->held_waits_) {
+      paused = 1;
     } else {
+      q->held_ = NULL;
       paused = uvq__to_sink(q, ev, &p);
     }
   }

@@ -49,6 +49,8 @@ typedef struct {
   int busy;
   int stuck;        /* "again" forever */
   int fail_every;   /* fail every n-th write (0: never) */
+  int said_again;   /* returned "again", no ready since */
+  unsigned early;   /* writes while said_again: the contract forbids them */
   unsigned writes;
   unsigned taken;
   unsigned next_seq[128];
@@ -58,6 +60,7 @@ typedef struct {
 static void test_sink_tick(uv_timer_t* t) {
   test_sink_t* ts = t->data;
   ts->busy = 0;
+  ts->said_again = 0;
   uvq_sink_ready(&ts->sink);
 }
 
@@ -65,8 +68,12 @@ static int test_sink_write(uvq_sink_t* sink, uvq_event_t* ev) {
   test_sink_t* ts = (test_sink_t*) sink;
   item_t* it = ITEM(ev);
   ts->writes++;
-  if (ts->stuck || ts->busy)
+  if (ts->said_again)
+    ts->early++;
+  if (ts->stuck || ts->busy) {
+    ts->said_again = 1;
     return UVQ_EAGAIN;
+  }
   if (ts->fail_every != 0 && ts->writes % ts->fail_every == 0)
     return UV_EIO;
   if (it->seq != ts->next_seq[it->producer])
@@ -348,6 +355,59 @@ START_TEST(queue_to_sink_poll_window_restarts_when_the_held_event_goes) {
 }
 END_TEST
 
+/* -- after "again" the queue offers the held event only once the sink said
+ * ready: a stop, or any other wakeup, while it waits must not write. ----- */
+
+static test_sink_t* wait_sink;
+
+static void ready_later(uv_timer_t* t) {
+  ck_assert_uint_eq(queue_closed, 0); /* the drain stop waits for us */
+  ck_assert_uint_eq(wait_sink->writes, 1);
+  wait_sink->busy = 0;
+  wait_sink->said_again = 0;
+  uvq_sink_ready(&wait_sink->sink);
+  uv_close((uv_handle_t*) t, NULL);
+}
+
+START_TEST(queue_to_sink_waits_for_ready_before_it_offers_again) {
+  test_sink_t ts;
+  uvq_queue_t q;
+  uv_timer_t later;
+  item_t* items = make_items(3, 0);
+  int i;
+
+  test_sink_init(&ts);
+  wait_sink = &ts;
+  ts.busy = 1; /* "again" until ready_later */
+  ck_assert_int_eq(uvq_queue_init_sink(&loop, &q, &ts.sink, NULL), 0);
+  ck_assert_int_eq(uvq_queue_enqueue(&q, &items[0].ev), 0);
+  while (ts.writes < 1)
+    uv_run(&loop, UV_RUN_ONCE);
+  /* Wakeups that are not the sink's ready: more events (the loop is awake,
+   * so these send none by themselves), a stale send, then a drain stop. */
+  for (i = 1; i < 3; i++)
+    ck_assert_int_eq(uvq_queue_enqueue(&q, &items[i].ev), 0);
+  ck_assert_int_eq(uv_async_send(&q.async_), 0);
+  for (i = 0; i < 5; i++)
+    uv_run(&loop, UV_RUN_NOWAIT);
+  ck_assert_int_eq(uvq_queue_stop(&q, UVQ_STOP_DRAIN, on_queue_closed), 0);
+  for (i = 0; i < 5; i++)
+    uv_run(&loop, UV_RUN_NOWAIT);
+  ck_assert_uint_eq(ts.early, 0);
+  ck_assert_uint_eq(ts.writes, 1);
+  ck_assert_int_eq(uv_timer_init(&loop, &later), 0);
+  ck_assert_int_eq(uv_timer_start(&later, ready_later, 20, 0), 0);
+  ck_assert_int_eq(uv_run(&loop, UV_RUN_DEFAULT), 0);
+  ck_assert_uint_eq(queue_closed, 1);
+  ck_assert_uint_eq(ts.early, 0);
+  ck_assert_uint_eq(ts.taken, 3);
+  ck_assert_uint_eq(ts.order_errors, 0);
+  ck_assert_uint_eq(released, 3);
+  free(items);
+  uvq_test_loop_done(&loop);
+}
+END_TEST
+
 /* -- the user closes the sink first, and its close takes a while: the
  * queue's close callback still comes after the sink's (the user may free
  * both there). ------------------------------------------------------------ */
@@ -623,6 +683,7 @@ Suite* queue_sink_suite(void) {
   tcase_add_test(tc, queue_to_stuck_sink_discard_stop_overrides_drain);
   tcase_add_test(tc, queue_to_sink_closed_by_the_user_first_closes_after_it);
   tcase_add_test(tc, queue_to_sink_poll_window_restarts_when_the_held_event_goes);
+  tcase_add_test(tc, queue_to_sink_waits_for_ready_before_it_offers_again);
   tcase_add_test(tc, queue_as_sink_shares_one_event_between_queues);
   tcase_add_test(tc, queue_as_sink_full_block_queue_says_again_then_ready);
   tcase_add_test(tc, queue_as_sink_full_fail_queue_returns_efull);
