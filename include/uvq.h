@@ -274,6 +274,11 @@ typedef enum {
 typedef void (*uvq_process_cb)(uvq_queue_t* q, uvq_event_t* ev);
 /* Called with each event the queue drops or discards; it owns ev. */
 typedef void (*uvq_release_cb)(uvq_queue_t* q, uvq_event_t* ev);
+/* Called on the loop thread when the queue's depth crosses a watermark
+ * (uvq_queue_options_t.high_water, low_water): above is 1 when it reached
+ * high_water, 0 when it then fell to low_water. It may call any uvq
+ * function, including uvq_queue_stop on this queue. */
+typedef void (*uvq_watermark_cb)(uvq_queue_t* q, int above);
 /* Called once on the loop thread when the queue is closed: every accepted
  * event was delivered or released, no thread is blocked in the queue, and
  * its libuv handles are closed. The queue's memory may be freed from here
@@ -313,6 +318,20 @@ typedef struct {
    * than the window keeps the loop thread busy. Other handles still run
    * every turn. */
   unsigned poll_us;
+  /* Watermarks, to pause the application's own sources while the queue is
+   * deep, like a Node stream's highWaterMark and 'drain'. watermark NULL
+   * (the default): none, and both counts must be 0. Otherwise
+   * 1 <= high_water <= SIZE_MAX / 4, low_water < high_water, and a bounded
+   * queue needs high_water <= capacity. watermark(q, 1) runs once when the
+   * queue holds high_water events or more; watermark(q, 0) runs once when
+   * it then holds low_water or fewer; and so on, alternately. Both run on
+   * the loop thread, on its next turn: the producer whose enqueue brings
+   * the depth to high_water wakes the loop for it, also while the queue
+   * waits for its sink's ready; the loop sees the depth fall as it
+   * delivers. Neither runs once a stop was requested. */
+  size_t high_water;
+  size_t low_water;
+  uvq_watermark_cb watermark;
 } uvq_queue_options_t;
 
 #define UVQ_MAX_POLL_US 1000000u
@@ -356,6 +375,8 @@ struct uvq_queue_s {
   UVQ__ALIGNAS(UVQ__CACHELINE) UVQ__ATOMIC(uint64_t) state_;
   UVQ__ATOMIC(uvq_event_t*) tail_;
   UVQ__ATOMIC(uint64_t) room_hint_; /* bounded: a past value of removed_ */
+  UVQ__ATOMIC(uint64_t) look_at_;   /* a state word from which producers
+                                     * look at the depth (uvq__look) */
   /* Slow-path line: blocked producers, stop requests, rare counters. */
   UVQ__ALIGNAS(UVQ__CACHELINE) UVQ__ATOMIC(unsigned) inside_;
   UVQ__ATOMIC(unsigned) spinning_; /* producers spinning for room */
@@ -366,6 +387,7 @@ struct uvq_queue_s {
   UVQ__ATOMIC(uint64_t) yields_;
   UVQ__ATOMIC(uint64_t) sleeps_;
   UVQ__ATOMIC(uint64_t) spin_ns_; /* bounded: how long a full producer spins */
+  UVQ__ATOMIC(uint64_t) high_at_; /* the state word that reaches high_water */
   /* Consumer's line. */
   UVQ__ALIGNAS(UVQ__CACHELINE) uvq_event_t* head_;
   uvq_event_t* held_;
@@ -384,6 +406,10 @@ struct uvq_queue_s {
   uint64_t poll_ns_;   /* poll window (0: none, idle_ unused) */
   uint64_t poll_end_;  /* uv_hrtime() at which the loop stops polling */
   void (*error_)(uvq_queue_t* q, uvq_event_t* ev, int err);
+  uvq_watermark_cb watermark_;
+  uint64_t high_water_;
+  uint64_t low_water_;
+  int above_;             /* watermark(q, 1) ran last */
   uvq_sink_t face_;       /* uvq_queue_sink(): the queue as a sink */
   int face_waiting_;      /* a face write got UVQ_EAGAIN: tell it when room */
   uvq_event_t stub_;
@@ -398,9 +424,9 @@ struct uvq_queue_s {
  * of their own): a static or automatic variable is; heap memory, also a
  * struct that embeds a queue, needs aligned_alloc (malloc gives 16).
  * Returns 0; UVQ_EINVAL for a NULL loop, q or process, a misaligned q, or
- * options out of
- * range (capacity > SIZE_MAX / 4, batch > UVQ_MAX_BATCH, unknown overflow,
- * poll_us > UVQ_MAX_POLL_US);
+ * options out of range (capacity > SIZE_MAX / 4, batch > UVQ_MAX_BATCH,
+ * unknown overflow, poll_us > UVQ_MAX_POLL_US, watermarks as described at
+ * high_water);
  * a libuv error (UV_ENOMEM, ...) when the async handle, mutex or condition
  * variable cannot be created. On error nothing is left to clean up. */
 UVQ_EXTERN int uvq_queue_init(uv_loop_t* loop, uvq_queue_t* q,

@@ -28,13 +28,14 @@
  *   - removed_ <= accepted; depth = accepted - removed_.
  *   - Exactly one producer clears ASLEEP (of those whose ticket saw it) and
  *     sends. A producer that does not wake links last: the link is its last
- *     write to the list (an unbounded one may still read removed_ after it
- *     and count a yield, see uvq__behind, but touches nothing the close
- *     destroys; the queue's memory is the user's to keep until every
- *     enqueue returned, see uvq_queue_stop). One that wakes counts itself
- *     in inside_ before it links and sends after, so once the loop has seen
- *     every accepted event and no thread is inside (inside_ == 0), nothing
- *     that the close destroys can be touched any more and it may close.
+ *     write to the list (an unbounded one may still count a yield after
+ *     it, see uvq__look, but touches nothing the close destroys; the
+ *     queue's memory is the user's to keep until every enqueue returned,
+ *     see uvq_queue_stop). One that wakes (for ASLEEP, or for a watermark)
+ *     counts itself in inside_ before it links and sends after, so once the
+ *     loop has seen every accepted event and no thread is inside
+ *     (inside_ == 0), nothing that the close destroys can be touched any
+ *     more and it may close.
  *   - After stop, stop_count_ is the number of accepted events; the close
  *     begins only when removed_ == stop_count_ and inside_ == 0.
  *
@@ -62,8 +63,7 @@
 #define UVQ__PUBLISH_MAX 64u  /* bounded: the loop publishes room this often */
 #define UVQ__BEHIND_DEPTH 65536u /* unbounded: a producer this far ahead */
 #define UVQ__BEHIND_EVERY 1024u  /* looks once per this many tickets */
-/* The ticket's low bits in the state word: zero on one ticket in EVERY. */
-#define UVQ__BEHIND_MASK (((uint64_t) UVQ__BEHIND_EVERY - 1) * UVQ__ONE)
+#define UVQ__NEVER UINT64_MAX /* look_at_, high_at_: no state word is */
 
 _Thread_local char uvq__thread_marker UVQ__TLS_INITIAL_EXEC;
 
@@ -143,14 +143,93 @@ static UVQ__NOINLINE int uvq__push_and_wake(uvq_queue_t* q, uvq_event_t* ev) {
   return 0; /* the enqueue's result: callers reach us by a tail call */
 }
 
+/* ticket (a count) as a state word; UVQ__NEVER past what counts reach. */
+static inline uint64_t uvq__word(uint64_t ticket) {
+  return ticket <= UVQ__COUNT(UVQ__NEVER) ? ticket * UVQ__ONE : UVQ__NEVER;
+}
+
+/* A producer whose ticket reached look_at_: look at the depth, then link.
+ * look_at_ is the next state word worth a look: unbounded, one ticket in
+ * UVQ__BEHIND_EVERY (is the loop far behind?); with watermarks, also the
+ * ticket that brings the depth to high_water (high_at_, which the loop
+ * arms, or that ticket as computed from a fresher removed_). The producer
+ * whose ticket reaches high_water disarms high_at_ and wakes the loop,
+ * which runs watermark(q, 1). Returns 0 (the enqueue's result) so that the
+ * hot path reaches it by a tail call. */
+static UVQ__NOINLINE int uvq__look(uvq_queue_t* q, uvq_event_t* ev,
+                                   uint64_t old) {
+  uint64_t t = UVQ__COUNT(old);
+  uint64_t removed = atomic_load(&q->removed_);
+  /* Events ahead of ours. removed_ can pass our ticket: producers with
+   * later tickets may link before us, and the loop deliver their events. */
+  uint64_t ahead = removed < t ? t - removed : 0;
+  uint64_t depth = ahead + 1; /* with ours */
+  uint64_t behind = q->capacity_ == 0
+      ? uvq__word((t / UVQ__BEHIND_EVERY + 1) * UVQ__BEHIND_EVERY)
+      : UVQ__NEVER;
+  uint64_t high_at = atomic_load(&q->high_at_);
+  int wake = 0;
+
+  /* Publish the next look, then check that high_at_ did not change
+   * meanwhile: the loop arms it, then sets look_at_ to 0, so one of us
+   * sees the other's store, and no stale look hides an armed watermark. */
+  for (;;) {
+    uint64_t next = behind;
+    uint64_t now;
+    if (high_at != UVQ__NEVER) {
+      if (depth >= q->high_water_) {
+        if (!atomic_compare_exchange_strong(&q->high_at_, &high_at,
+                                            UVQ__NEVER))
+          continue; /* the loop moved it: high_at is fresh */
+        wake = 1;
+        high_at = UVQ__NEVER;
+      } else {
+        /* the ticket that makes it high_water, ahead of ours */
+        uint64_t at = uvq__word(t + q->high_water_ - depth);
+        next = at < next ? at : next;
+      }
+    }
+    atomic_store(&q->look_at_, next);
+    now = atomic_load(&q->high_at_);
+    if (now == high_at)
+      break;
+    high_at = now;
+  }
+
+  if (wake) {
+    /* As uvq__push_and_wake: after our link we still touch the queue. */
+    atomic_fetch_add(&q->inside_, 1);
+    uvq__push(q, ev);
+    uv_async_send(&q->async_);
+    atomic_fetch_sub(&q->inside_, 1);
+    return 0;
+  }
+  uvq__push(q, ev);
+  /* Unbounded means nobody waits for room, not that producers may take
+   * every core from the loop: with more producers than cores, a loop that
+   * falls behind otherwise drains alone after they are done. So a producer
+   * that finds it far behind gives this CPU away once; where the loop has a
+   * core of its own, sched_yield() finds nobody else to run and returns at
+   * once. Never on the loop thread, which would only be yielding to the
+   * producers that flood it. */
+  if (q->capacity_ == 0 && ahead > UVQ__BEHIND_DEPTH &&
+      q->loop_thread_ != uvq__thread_id()) {
+    atomic_fetch_add_explicit(&q->yields_, 1, memory_order_relaxed);
+    sched_yield();
+  }
+  return 0;
+}
+
 /* Link ev; `old` is the state word our ticket replaced. Every producer that
  * saw ASLEEP there tries to clear it; the one that does sends. */
-static UVQ__INLINE void uvq__commit(uvq_queue_t* q, uvq_event_t* ev,
-                                    uint64_t old) {
+static UVQ__INLINE int uvq__commit(uvq_queue_t* q, uvq_event_t* ev,
+                                   uint64_t old) {
   if (UVQ__UNLIKELY(old & UVQ__ASLEEP))
-    (void) uvq__push_and_wake(q, ev);
-  else
-    uvq__push(q, ev);
+    return uvq__push_and_wake(q, ev);
+  if (UVQ__UNLIKELY(old >= UVQ__LOAD(&q->look_at_, relaxed)))
+    return uvq__look(q, ev, old);
+  uvq__push(q, ev);
+  return 0;
 }
 
 /* A carrier: what uvq_queue_sink() enqueues for an event it was lent. */
@@ -265,7 +344,7 @@ static UVQ__NOINLINE int uvq__enqueue_locked(uvq_queue_t* q,
       atomic_fetch_add(&q->dropped_oldest_, 1);
     }
   }
-  uvq__commit(q, ev, s);
+  (void) uvq__commit(q, ev, s);
   uv_mutex_unlock(&q->lock_);
   if (victim != NULL)
     uvq__release(q, victim);
@@ -302,7 +381,7 @@ static UVQ__NOINLINE int uvq__full(uvq_queue_t* q, uvq_event_t* ev,
       uvq__release(q, ev);
       r = 0;
     } else if (r == 0) {
-      uvq__commit(q, ev, old);
+      (void) uvq__commit(q, ev, old);
     }
     uvq__leave(q);
     return r;
@@ -391,30 +470,10 @@ static UVQ__NOINLINE int uvq__full(uvq_queue_t* q, uvq_event_t* ev,
                relaxed);
 done:
   if (r == 0) {
-    uvq__commit(q, ev, old);
+    (void) uvq__commit(q, ev, old);
   }
   uvq__leave(q);
   return r;
-}
-
-/* The loop is far behind (more than UVQ__BEHIND_DEPTH events queued):
- * give this CPU away once, so that a loop thread sharing it with producers
- * gets to drain. Where the loop has a core of its own, sched_yield() finds
- * nobody else to run and returns at once. Never on the loop thread, which
- * would only be yielding to the producers that flood it. Checked on one
- * ticket in UVQ__BEHIND_EVERY: removed_ is the consumer's line. Returns 0
- * (the enqueue's result) so that the hot path reaches it by a tail call. */
-static UVQ__NOINLINE int uvq__behind(uvq_queue_t* q, uint64_t old) {
-  /* Read after our link: the loop may have delivered our event and more
-   * since, so removed_ can be above our ticket (caught up, not behind). */
-  uint64_t removed = atomic_load(&q->removed_);
-  if (removed >= UVQ__COUNT(old) ||
-      UVQ__COUNT(old) - removed <= UVQ__BEHIND_DEPTH ||
-      q->loop_thread_ == uvq__thread_id())
-    return 0;
-  atomic_fetch_add_explicit(&q->yields_, 1, memory_order_relaxed);
-  sched_yield();
-  return 0;
 }
 
 /* The hot path: unbounded, one atomic add, one exchange, one store. */
@@ -425,17 +484,9 @@ static UVQ__INLINE int uvq__enqueue_unbounded(uvq_queue_t* q,
    * (after a stop the count is no longer read, see stop_count_). */
   if (UVQ__UNLIKELY((old & (UVQ__CLOSED | UVQ__INITED)) != UVQ__INITED))
     return (old & UVQ__INITED) ? UVQ_ECLOSED : UVQ_EINVAL;
-  /* uvq__commit, written out so that both slow paths are tail calls (no
-   * stack frame on the fast one). A sleeping loop is not behind. */
-  if (UVQ__UNLIKELY(old & UVQ__ASLEEP))
-    return uvq__push_and_wake(q, ev);
-  uvq__push(q, ev);
-  /* Unbounded means nobody waits for room, not that producers may take
-   * every core from the loop: with more producers than cores, a loop that
-   * falls behind otherwise drains alone after they are done. */
-  if (UVQ__UNLIKELY((old & UVQ__BEHIND_MASK) == 0))
-    return uvq__behind(q, old);
-  return 0;
+  /* Both slow paths are tail calls (no stack frame on the fast one). A
+   * sleeping loop is not behind. */
+  return uvq__commit(q, ev, old);
 }
 
 /* Bounded (lock-free unless UVQ_DROP_OLDEST): one compare-and-swap that
@@ -457,8 +508,7 @@ static UVQ__INLINE int uvq__enqueue_bounded(uvq_queue_t* q, uvq_event_t* ev,
     return uvq__full(q, ev, may_wait, deadline);
   if (r != 0)
     return r;
-  uvq__commit(q, ev, old);
-  return 0;
+  return uvq__commit(q, ev, old);
 }
 
 int uvq_queue_enqueue(uvq_queue_t* q, uvq_event_t* ev) {
@@ -691,6 +741,39 @@ static inline void uvq__note_depth(uvq_queue_t* q, uint64_t depth) {
     UVQ__STORE(&q->max_depth_, depth, relaxed);
 }
 
+/* Watermarks (loop thread, never after a stop request): above once the
+ * depth reached high_water, seen here or by the producer that disarmed
+ * high_at_; then below once it is at most low_water, which arms high_at_
+ * again. removed: what this pass last read of removed_. */
+static UVQ__NOINLINE void uvq__watch(uvq_queue_t* q, uint64_t removed) {
+  uint64_t depth =
+      uvq__depth(q, UVQ__COUNT(atomic_load(&q->state_)) - removed);
+  uint64_t armed;
+
+  if (!q->above_) {
+    if (depth < q->high_water_ && atomic_load(&q->high_at_) != UVQ__NEVER)
+      return;
+    q->above_ = 1;
+    atomic_store(&q->high_at_, UVQ__NEVER); /* producers: no need to look */
+    q->watermark_(q, 1);
+    return;
+  }
+  if (depth > q->low_water_)
+    return;
+  q->above_ = 0;
+  armed = uvq__word(removed + q->high_water_ - 1);
+  atomic_store(&q->high_at_, armed);
+  atomic_store(&q->look_at_, 0); /* the next producer looks, see uvq__look */
+  /* A producer whose ticket came between our depth read and those stores
+   * may not have looked: if the depth reached high_water since, do what it
+   * would have done. */
+  depth = UVQ__COUNT(atomic_load(&q->state_)) - removed;
+  if (depth >= q->high_water_ &&
+      atomic_compare_exchange_strong(&q->high_at_, &armed, UVQ__NEVER))
+    uv_async_send(&q->async_);
+  q->watermark_(q, 0);
+}
+
 /* Counts of one drain pass, published once at its end. */
 typedef struct {
   uint64_t delivered;
@@ -785,6 +868,8 @@ static void uvq__drain(uvq_queue_t* q) {
   if (stop_count != UVQ__UNPUBLISHED)
     accepted = stop_count;
   uvq__note_depth(q, accepted - removed);
+  if (UVQ__UNLIKELY(q->watermark_ != NULL) && stop_count == UVQ__UNPUBLISHED)
+    uvq__watch(q, removed);
 
   /* The event a sink refused with "again" goes first, or nothing does; and
    * not before the sink's ready: a stop or a stale send may run this pass
@@ -859,6 +944,11 @@ static void uvq__drain(uvq_queue_t* q) {
   /* What next: close, sleep, or run again after the loop had its turn. */
   removed = atomic_load(&q->removed_);
   stop_count = UVQ__LOAD(&q->stop_count_, acquire);
+  if (UVQ__UNLIKELY(q->watermark_ != NULL) &&
+      stop_count == UVQ__UNPUBLISHED) {
+    uvq__watch(q, removed);
+    stop_count = UVQ__LOAD(&q->stop_count_, acquire); /* its callback's */
+  }
   if (UVQ__UNLIKELY(q->poll_ns_ != 0) &&
       (paused || stop_count != UVQ__UNPUBLISHED))
     uv_idle_stop(&q->idle_); /* the async handle brings us back */
@@ -955,6 +1045,11 @@ static int uvq__init(uv_loop_t* loop, uvq_queue_t* q, uvq_process_cb process,
   if (o.capacity > SIZE_MAX / 4 || o.batch > UVQ_MAX_BATCH ||
       (unsigned) o.overflow > UVQ_DROP_OLDEST || o.poll_us > UVQ_MAX_POLL_US)
     return UVQ_EINVAL;
+  if (o.watermark == NULL ? o.high_water != 0 || o.low_water != 0
+                          : o.high_water == 0 || o.high_water > SIZE_MAX / 4 ||
+                                o.low_water >= o.high_water ||
+                                (o.capacity != 0 && o.high_water > o.capacity))
+    return UVQ_EINVAL;
 
   memset((char*) q + sizeof(q->data), 0, sizeof(*q) - sizeof(q->data));
   q->loop_ = loop;
@@ -976,6 +1071,19 @@ static int uvq__init(uv_loop_t* loop, uvq_queue_t* q, uvq_process_cb process,
   atomic_init(&q->state_, 0);
   atomic_init(&q->tail_, &q->stub_);
   atomic_init(&q->stop_count_, UVQ__UNPUBLISHED);
+  q->watermark_ = o.watermark;
+  q->high_water_ = o.high_water;
+  q->low_water_ = o.low_water;
+  {
+    /* The first looks: a ticket in UVQ__BEHIND_EVERY, and the one that
+     * brings an empty queue to high_water. */
+    uint64_t look = o.capacity == 0 ? uvq__word(UVQ__BEHIND_EVERY)
+                                    : UVQ__NEVER;
+    uint64_t high_at = o.watermark != NULL ? uvq__word(o.high_water - 1)
+                                           : UVQ__NEVER;
+    atomic_init(&q->high_at_, high_at);
+    atomic_init(&q->look_at_, high_at < look ? high_at : look);
+  }
   atomic_init(&q->stub_.next_, NULL);
   q->head_ = &q->stub_;
 

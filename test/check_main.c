@@ -9,6 +9,7 @@ int main(void) {
     errors_suite,
     queue_suite,
     queue_sink_suite,
+    watermark_suite,
     stress_suite,
     faults_suite,
     badinput_suite,

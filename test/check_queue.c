@@ -1886,10 +1886,11 @@ START_TEST(queue_producer_yields_when_the_loop_is_far_behind) {
 }
 END_TEST
 
-/* The check reads removed_ after the producer linked its event, so the
- * loop may have delivered that event (and more) by then: removed_ above the
- * ticket means caught up, not 2^64 events behind. The test stands in for
- * that race, which no test can schedule: with the loop not running, it sets
+/* The check reads removed_ before the producer links its event, but
+ * producers with later tickets may have linked theirs first and the loop
+ * delivered them: removed_ above the ticket means caught up, not 2^64
+ * events behind. The test stands in for that race, which no test can
+ * schedule: with the loop not running, it sets
  * removed_ as a loop that had delivered 1,025 events would, for the one
  * enqueue (ticket 1,024) that is checked, then puts it back. */
 typedef struct {

@@ -37,6 +37,7 @@ Suite* sinks_suite(void);
 Suite* channel_suite(void);
 Suite* channel_race_suite(void);
 Suite* samples_suite(void);
+Suite* watermark_suite(void);
 
 /* libuv's MAKE_VALGRIND_HAPPY: close every handle left, run the loop once
  * more so their close callbacks run, and require uv_loop_close() to succeed. */
