@@ -25,8 +25,9 @@
  *     they go through an inbox (a queue with a process callback) whose
  *     batch is a quarter of a client queue's capacity, so a client that
  *     keeps up does not find its queue full. When the inbox holds too many
- *     lines the server stops reading from every client until it drained:
- *     a client that floods is slowed down by TCP, not by dropping.
+ *     lines (its high watermark) the server stops reading from every
+ *     client until it drained to its low watermark: a client that floods
+ *     is slowed down by TCP, not by dropping. The summary says how often.
  *   - Clean teardown: a client that leaves is removed from the broadcaster
  *     and its queue is stopped in discard mode; the queue then closes the
  *     sink, which closes the socket, and the client's memory is freed in the
@@ -133,11 +134,11 @@ struct server {
   unsigned next_id;
   int shutting_down;
   int reading_paused;     /* the inbox is too full: nobody is read */
+  unsigned pauses;        /* times the inbox reached INBOX_HIGH */
   int inbox_closed;       /* shutdown, second half: clients are leaving */
   uv_tcp_t reject;        /* no memory for a client: accepted, closed */
   int reject_closing;
   int reject_pending;     /* another connection waits for reject */
-  uint64_t inbox_pending; /* lines in the inbox */
   /* options */
   size_t capacity;
   unsigned max_clients;
@@ -352,7 +353,6 @@ static void kick_slow_clients(struct server* s) {
   }
 }
 
-/* Reading resumes once the inbox drained below INBOX_LOW. */
 static void set_reading(struct server* s, int on) {
   struct client* c;
   s->reading_paused = !on;
@@ -373,7 +373,6 @@ static void on_inbox(uvq_queue_t* q, uvq_event_t* ev) {
   struct server* s = q->data;
   int r;
 
-  s->inbox_pending--;
   /* Each client's queue takes its own reference (or drops the line when
    * full: the broadcaster still sees 0, the queue counts it). */
   r = uvq_sink_write(&s->b.sink, ev);
@@ -388,9 +387,15 @@ static void on_inbox(uvq_queue_t* q, uvq_event_t* ev) {
     kick_slow_clients(s);
   if (s->exit_after != 0 && s->lines >= s->exit_after)
     server_shutdown(s, "line limit reached", UVQ_STOP_DISCARD);
-  else if (s->reading_paused && !s->shutting_down &&
-           s->inbox_pending <= INBOX_LOW)
-    set_reading(s, 1);
+}
+
+/* The inbox's watermarks: at INBOX_HIGH lines nobody is read, at INBOX_LOW
+ * everyone is again. Never after the inbox's stop (the shutdown). */
+static void on_inbox_mark(uvq_queue_t* q, int above) {
+  struct server* s = q->data;
+  if (above)
+    s->pauses++;
+  set_reading(s, !above);
 }
 
 /* A whole line was read: into the inbox with it. */
@@ -413,10 +418,7 @@ static void read_line(struct client* c) {
   if (uvq_queue_enqueue(&s->inbox, &l->ev) != 0) {
     s->lost++;
     uvq_event_unref(&l->ev); /* refused: still ours */
-    return;
   }
-  if (++s->inbox_pending >= INBOX_HIGH && !s->reading_paused)
-    set_reading(s, 0);
 }
 
 /* Split what was read into lines; keep the unfinished tail for later. */
@@ -722,6 +724,9 @@ int main(int argc, char** argv) {
   inbox_opts.batch = s->capacity / 4 > 1024   ? 1024
                      : s->capacity / 4 > 0 ? (unsigned) (s->capacity / 4)
                                            : 1;
+  inbox_opts.high_water = INBOX_HIGH;
+  inbox_opts.low_water = INBOX_LOW;
+  inbox_opts.watermark = on_inbox_mark;
   r = uvq_queue_init(&s->loop, &s->inbox, on_inbox, &inbox_opts);
   if (r != 0) {
     fprintf(stderr, "tcp-broadcast: inbox: %s\n", uvq_strerror(r));
@@ -761,9 +766,10 @@ int main(int argc, char** argv) {
 
   printf("lines %" PRIu64 ", deliveries %" PRIu64 ", drops %" PRIu64
          ", discarded %" PRIu64 ", unsent %" PRIu64 ", lost %" PRIu64
-         "; clients served %u, refused %u, disconnected as too slow %u\n",
+         "; clients served %u, refused %u, disconnected as too slow %u"
+         "; reading paused %u times\n",
          s->lines, s->deliveries, s->drops, s->discarded, s->failed, s->lost,
-         s->served, s->refused, s->kicked);
+         s->served, s->refused, s->kicked, s->pauses);
   r = uv_loop_close(&s->loop);
   if (r != 0) {
     fprintf(stderr, "tcp-broadcast: uv_loop_close: %s\n", uv_strerror(r));

@@ -28,6 +28,7 @@
 #define SLOW_LINE 1000   /* bytes per line in the slow-client test */
 #define SLOW_ROUND 100   /* lines per round */
 #define SLOW_CAP 40000   /* give up on the kick after this many lines */
+#define FLOOD_LINES 50000 /* client 0's one write in the flood test */
 #define WATCHDOG_MS 8000 /* times CK_TIMEOUT_MULTIPLIER */
 
 enum {
@@ -35,6 +36,8 @@ enum {
   MODE_EXIT_AFTER, /* the server exits by itself after the last line */
   MODE_SLOW,       /* client 0 never reads; client 1 talks until it is
                       disconnected as too slow */
+  MODE_FLOOD,      /* as MODE_SIGTERM, but client 0 sends FLOOD_LINES lines
+                      in one write, more than the server's inbox lets in */
   MODE_PLAIN       /* just run the program and collect its output */
 };
 
@@ -206,7 +209,7 @@ static void progress(harness_t* h) {
   for (k = 0; k < h->nclients; k++)
     if (!h->c[k].slow && h->c[k].lines < h->sent_total)
       return; /* someone still waits for lines */
-  if (h->mode == MODE_SIGTERM)
+  if (h->mode == MODE_SIGTERM || h->mode == MODE_FLOOD)
     send_sigterm(h);
   else if (h->mode == MODE_SLOW) {
     /* Every reader has everything: the slow client held nobody up. Go on
@@ -286,13 +289,14 @@ static void start_sending(harness_t* h) {
     send_round(h);
     return;
   }
-  buf = malloc((size_t) LINES_EACH * 80);
+  buf = malloc((size_t) FLOOD_LINES * 80);
   ck_assert_ptr_nonnull(buf);
   for (j = 0; j < h->nclients; j++) {
     tclient_t* c = &h->c[j];
     size_t len = 0;
     size_t half;
-    while (c->sent < LINES_EACH)
+    size_t n = h->mode == MODE_FLOOD && j == 0 ? FLOOD_LINES : LINES_EACH;
+    while (c->sent < n)
       len += make_line(buf + len, h->mode, j, c->sent++);
     h->sent_total += c->sent;
     /* Two writes cut in the middle of a line: the server must join it. */
@@ -546,6 +550,32 @@ START_TEST(tcp_broadcast_drops_and_disconnects_a_client_that_does_not_read) {
 }
 END_TEST
 
+/* One client floods: the server's inbox passes its high watermark, the
+ * server stops reading from everyone until the inbox drained to its low
+ * watermark, and TCP holds the rest: nothing is dropped or lost. */
+START_TEST(tcp_broadcast_pauses_reading_while_its_inbox_is_deep) {
+  static harness_t h;
+  char expect[128];
+  char* args[] = { NULL, "0", NULL };
+  const char* at;
+  unsigned pauses = 0;
+  run_sample(&h, "tcp-broadcast", args, MODE_FLOOD, 2);
+  ck_assert_int_eq(h.sigterm_sent, 1);
+  assert_everyone_got_everything(&h);
+  snprintf(expect, sizeof(expect), "lines %d, deliveries %d, drops 0,",
+           FLOOD_LINES + LINES_EACH, 2 * (FLOOD_LINES + LINES_EACH));
+  ck_assert_msg(strstr(h.out_buf, expect) != NULL, "no \"%s\" in:\n%s",
+                expect, h.out_buf);
+  at = strstr(h.out_buf, "; reading paused ");
+  ck_assert_msg(at != NULL && sscanf(at, "; reading paused %u times",
+                                     &pauses) == 1,
+                "no pause count in:\n%s", h.out_buf);
+  ck_assert_msg(pauses >= 1, "%d lines in one write never filled the "
+                "inbox; output:\n%s", FLOOD_LINES, h.out_buf);
+  harness_free(&h);
+}
+END_TEST
+
 START_TEST(retry_pipeline_sample_accounts_for_every_event) {
   static harness_t h;
   char* backoff[] = { NULL, "-n", "150", NULL };
@@ -572,6 +602,7 @@ Suite* samples_suite(void) {
                  tcp_broadcast_exit_after_flushes_every_line_before_closing);
   tcase_add_test(
       tc, tcp_broadcast_drops_and_disconnects_a_client_that_does_not_read);
+  tcase_add_test(tc, tcp_broadcast_pauses_reading_while_its_inbox_is_deep);
   tcase_add_test(tc, retry_pipeline_sample_accounts_for_every_event);
   suite_add_tcase(s, tc);
   return s;
