@@ -211,9 +211,11 @@ static UVQ__NOINLINE int uvq__look(uvq_queue_t* q, uvq_event_t* ev,
    * that finds it far behind gives this CPU away once; where the loop has a
    * core of its own, sched_yield() finds nobody else to run and returns at
    * once. Never on the loop thread, which would only be yielding to the
-   * producers that flood it. */
-  if (q->capacity_ == 0 && ahead > UVQ__BEHIND_DEPTH &&
-      q->loop_thread_ != uvq__thread_id()) {
+   * producers that flood it. Only on the ticket of the UVQ__BEHIND_EVERY
+   * that look_at_ named, as the rule says: producers whose tickets passed
+   * it before it moved looked too, and would yield as well. */
+  if (q->capacity_ == 0 && t % UVQ__BEHIND_EVERY == 0 &&
+      ahead > UVQ__BEHIND_DEPTH && q->loop_thread_ != uvq__thread_id()) {
     atomic_fetch_add_explicit(&q->yields_, 1, memory_order_relaxed);
     sched_yield();
   }
