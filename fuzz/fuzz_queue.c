@@ -1,7 +1,9 @@
 /* libFuzzer harness: one queue, driven by the input, checked against a model.
  *
  * The input is a program. Its first four bytes choose the queue: capacity
- * 0..8 (0: unbounded), overflow policy, batch 1..4, whether released
+ * 0..8 (0: unbounded), overflow policy, batch 1..4 (and, in the third
+ * byte's upper six bits, watermarks: none when they are 0, else high_water
+ * 1..8, at most the capacity, and a low_water below it), whether released
  * events go to opts.release or to uvq_event_unref (bit 0 of the fourth),
  * and whether the queue has a poll window (bit 1; 1 to 64 us from the bits
  * above; whether it ends between two operations is left to the clock, and
@@ -19,7 +21,11 @@
  * UVQ_EDEADLK for blocking calls on a bounded UVQ_BLOCK queue, UVQ_EFULL,
  * UVQ_ECLOSED), which event each process or release callback must get (the
  * head of the FIFO; for UVQ_DROP_NEW the new event, inside the enqueue
- * call), every counter, and when the close callback may run. At the end the
+ * call), every counter, and when the close callback may run. Watermark
+ * callbacks must alternate, starting with "above"; "above" only after the
+ * depth reached high_water since the last one, "below" only at low_water or
+ * less, neither after a stop; and after a drain (not stopped) the last one
+ * said "below" and the depth did not reach high_water since. At the end the
  * queue is stopped and the loop run to completion: every event was refused
  * (still the caller's), delivered or released, exactly once, and
  * uv_loop_close() returns 0. Any disagreement aborts with a message.
@@ -75,6 +81,16 @@ static struct {
   unsigned expect_new; /* REL_NEW: which event */
   int released_now;
   size_t op;
+  /* watermarks */
+  int wm;
+  size_t high, low;
+  int above;     /* the last callback said "above" */
+  uint64_t peak; /* the highest depth since the last callback */
+  /* The depth a producer or uvq_queue_stats sees counts what the loop
+   * removed up to its last publish: inside a pass it may still count
+   * events the pass delivered, at most those of the current uv_run. */
+  uint64_t run_delivered;
+  uint64_t peak_seen; /* the highest such depth since the last callback */
 } m;
 
 #define CHECK(c) MODEL_CHECK(c, m.op)
@@ -86,6 +102,23 @@ static unsigned depth(void) {
 static void note_depth(void) {
   if (depth() > m.max_depth_seen)
     m.max_depth_seen = depth();
+  if (depth() > m.peak)
+    m.peak = depth();
+  if (depth() + m.run_delivered > m.peak_seen)
+    m.peak_seen = depth() + m.run_delivered;
+}
+
+static void on_mark(uvq_queue_t* q, int above) {
+  CHECK(q == &m.q);
+  CHECK(m.wm && !m.stopped && !m.closed);
+  CHECK(above == !m.above); /* alternately, "above" first */
+  if (above)
+    CHECK(m.peak_seen >= m.high);
+  else
+    CHECK(depth() <= m.low); /* the loop's own look, after its publish */
+  m.above = above;
+  m.peak = depth();
+  m.peak_seen = depth() + m.run_delivered;
 }
 
 /* Every release, whichever path it took. */
@@ -221,6 +254,7 @@ static void on_process(uvq_queue_t* q, uvq_event_t* ev) {
   CHECK(e->state == E_QUEUED && depth() > 0 && m.fifo[m.head] == e->id);
   m.head++;
   m.delivered++;
+  m.run_delivered++;
   e->state = E_DELIVERED;
   m.cb_action = CB_NONE;
   switch (action) {
@@ -260,6 +294,7 @@ static void idle_cb(uv_idle_t* h) {
 
 static void run_awake(void) {
   uv_idle_start(&m.idle, idle_cb);
+  m.run_delivered = 0;
   m.expect_release = REL_DISCARD;
   CHECK(uv_run(&m.loop, UV_RUN_NOWAIT) >= 0);
   m.expect_release = REL_NONE;
@@ -271,14 +306,20 @@ static void run_awake(void) {
 static void do_drain(void) {
   unsigned turns = depth() / m.batch + 3, i;
   for (i = 0; i < turns; i++) {
-    if (m.closed || (!m.stopped && depth() == 0))
+    /* An "above" said at the end of the pass that emptied the queue (a
+     * producer saw high_water during it) is followed by "below" in the
+     * pass that producer's wakeup runs: one more turn. */
+    if (m.closed || (!m.stopped && depth() == 0 && !m.above))
       break;
     run_awake();
   }
-  if (m.stopped)
+  if (m.stopped) {
     CHECK(m.closed);
-  else
+  } else {
     CHECK(depth() == 0);
+    /* Every crossing was reported, the last one being "below". */
+    CHECK(!m.wm || (!m.above && m.peak < m.high));
+  }
 }
 
 static void do_stats(void) {
@@ -326,6 +367,16 @@ int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
   o.batch = m.batch;
   o.release = (data[3] & 1) ? q_release_cb : NULL;
   o.poll_us = (data[3] & 2) ? 1u + (data[3] >> 2) : 0;
+  if (data[2] >> 2 != 0) {
+    m.wm = 1;
+    m.high = 1 + ((data[2] >> 2) & 7);
+    if (m.cap != 0 && m.high > m.cap)
+      m.high = m.cap;
+    m.low = (size_t) (data[2] >> 5) % m.high;
+    o.high_water = m.high;
+    o.low_water = m.low;
+    o.watermark = on_mark;
+  }
   m.nevs = (unsigned) size;
   m.evs = calloc(m.nevs, sizeof(*m.evs));
   m.fifo = calloc(m.nevs, sizeof(*m.fifo));
@@ -358,6 +409,7 @@ int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
       break;
     case 7:
       /* plain NOWAIT: may do nothing when the queue is unreferenced */
+      m.run_delivered = 0;
       m.expect_release = REL_DISCARD;
       CHECK(uv_run(&m.loop, UV_RUN_NOWAIT) >= 0);
       m.expect_release = REL_NONE;
