@@ -425,7 +425,7 @@ static atomic_int blocked_done;
  * A sleeper registers under lock_ and holds it until its wait releases it,
  * so once we have taken the lock too, each one is in its wait. */
 static void wait_for_sleepers(_Atomic(uint64_t)* word, unsigned n) {
-  uint64_t deadline = uv_hrtime() + 10 * (uint64_t) 1000000000;
+  uint64_t deadline = uv_hrtime() + uvq_test_hang_ns(10);
   while (atomic_load(word) < 4 * (uint64_t) n) {
     ck_assert_msg(uv_hrtime() < deadline, "fewer than %u threads blocked", n);
     uv_sleep(1);

@@ -85,7 +85,9 @@ static const char* const stopper_names[S_COUNT] = {
   "producer", "thread", "process-cb", "timer"
 };
 
-enum { MAX_PRODUCERS = 16, NOT_TRIED = 1, STUCK_MS = 5000 };
+enum { MAX_PRODUCERS = 16, NOT_TRIED = 1, STUCK_S = 5 };
+/* How long a stuck run may stay stuck before it says so, in ms. */
+#define STUCK_MS (uvq_test_hang_ns(STUCK_S) / 1000000u)
 
 typedef struct {
   uvq_event_t ev;
@@ -226,7 +228,7 @@ static void on_tick(uv_timer_t* t) {
       ck_assert_int_eq(uvq_queue_stats(&r->q, &st), 0);
       ck_abort_msg("queue never closed %d ms after the stop: enqueued %llu "
                    "delivered %llu dropped_oldest %llu discarded %llu "
-                   "depth %llu: %s", STUCK_MS,
+                   "depth %llu: %s", (int) STUCK_MS,
                    (unsigned long long) st.enqueued,
                    (unsigned long long) st.delivered,
                    (unsigned long long) st.dropped_oldest,
@@ -1023,7 +1025,7 @@ static void rrun_watch(uv_timer_t* t) {
   ck_assert_int_eq(uvq_retry_stats(&x->r, &rs), 0);
   ck_abort_msg("stuck %d ms: queue enqueued %llu delivered %llu failed %llu "
                "depth %llu; retrying sink closed %u (is_closed %d) written "
-               "%llu delivered %llu attempts %llu dropped %llu", STUCK_MS,
+               "%llu delivered %llu attempts %llu dropped %llu", (int) STUCK_MS,
                (unsigned long long) qs.enqueued,
                (unsigned long long) qs.delivered,
                (unsigned long long) qs.failed, (unsigned long long) qs.depth,
@@ -1309,7 +1311,7 @@ Suite* stress_suite(void) {
   TCase* tk = tcase_create("sinks_channel");
   /* A hang is what these catch; a normal run takes a second or two. A stuck
    * close fails by itself after STUCK_MS; slow checkers (valgrind) raise
-   * this with CK_TIMEOUT_MULTIPLIER. */
+   * both with CK_TIMEOUT_MULTIPLIER. */
   tcase_set_timeout(tc, 60);
   tcase_add_loop_test(
       tc, stress_every_policy_every_stopper_accounts_for_every_event, 0,

@@ -70,6 +70,16 @@ static inline void uvq_test_yield(void) {
 #endif
 }
 
+/* A wall-clock bound for waits that only a hang would exceed, in ns:
+ * base_s seconds times CK_TIMEOUT_MULTIPLIER, as Check scales its own
+ * timeouts, so that a slow checker (valgrind, sanitizers) raising that
+ * does not meet a watchdog meant for hangs first. */
+static inline uint64_t uvq_test_hang_ns(unsigned base_s) {
+  const char* m = getenv("CK_TIMEOUT_MULTIPLIER");
+  long k = m != NULL ? strtol(m, NULL, 10) : 1;
+  return (uint64_t) base_s * 1000000000u * (uint64_t) (k > 1 ? k : 1);
+}
+
 /* Scale for stress-sized loops: STRESS_SCALE=10 runs ten times as long. */
 static inline unsigned uvq_test_scale(void) {
   const char* s = getenv("STRESS_SCALE");
