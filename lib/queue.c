@@ -65,6 +65,12 @@
 #define UVQ__BEHIND_EVERY 1024u  /* looks once per this many tickets */
 #define UVQ__NEVER UINT64_MAX /* look_at_, high_at_: no state word is */
 
+/* test/check_queue_race.c stops a stats reader here, between its two
+ * loads; nothing in the library. */
+#ifndef UVQ__STATS_BETWEEN
+# define UVQ__STATS_BETWEEN() ((void) 0)
+#endif
+
 _Thread_local char uvq__thread_marker UVQ__TLS_INITIAL_EXEC;
 
 static void uvq__async_cb(uv_async_t* handle);
@@ -1175,6 +1181,7 @@ int uvq_queue_stats(const uvq_queue_t* q, uvq_queue_stats_t* out) {
   /* removed_ first, as in uvq__bounded_ticket: it only grows and never
    * passes the count, so the depth below never wraps. */
   removed = atomic_load(&m->removed_);
+  UVQ__STATS_BETWEEN();
   accepted = UVQ__LOAD(&m->stop_count_, acquire);
   if (accepted == UVQ__UNPUBLISHED)
     accepted = UVQ__COUNT(atomic_load(&m->state_));

@@ -16,6 +16,7 @@ int main(void) {
     sinks_suite,
     channel_suite,
     channel_race_suite,
+    queue_race_suite,
     samples_suite,
     /* one line per suite; keep this list in step with helpers.h */
   };

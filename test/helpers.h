@@ -36,6 +36,7 @@ Suite* badinput_suite(void);
 Suite* sinks_suite(void);
 Suite* channel_suite(void);
 Suite* channel_race_suite(void);
+Suite* queue_race_suite(void);
 Suite* samples_suite(void);
 Suite* watermark_suite(void);
 
