@@ -323,12 +323,14 @@ typedef struct {
    * (the default): none, and both counts must be 0. Otherwise
    * 1 <= high_water <= SIZE_MAX / 4, low_water < high_water, and a bounded
    * queue needs high_water <= capacity. watermark(q, 1) runs once when the
-   * queue holds high_water events or more; watermark(q, 0) runs once when
-   * it then holds low_water or fewer; and so on, alternately. Both run on
-   * the loop thread, on its next turn: the producer whose enqueue brings
-   * the depth to high_water wakes the loop for it, also while the queue
-   * waits for its sink's ready; the loop sees the depth fall as it
-   * delivers. Neither runs once a stop was requested. */
+   * depth, as uvq_queue_stats counts it (during a pass that includes what
+   * the pass delivered so far), reaches high_water; watermark(q, 0) runs
+   * once when it then falls to low_water or below; and so on, alternately.
+   * Both run on the loop thread, on its next turn: the producer whose
+   * enqueue brings the depth to high_water wakes the loop for it, also
+   * while the queue waits for its sink's ready; the loop sees the depth
+   * fall as it delivers. Neither starts once the loop has seen a stop
+   * request (one made on another thread may cross a callback under way). */
   size_t high_water;
   size_t low_water;
   uvq_watermark_cb watermark;
@@ -438,7 +440,8 @@ UVQ_EXTERN int uvq_queue_init(uv_loop_t* loop, uvq_queue_t* q,
  * that with UVQ_BLOCK on a bounded queue the loop thread gets UVQ_EDEADLK
  * (it would wait for itself). Allocates nothing. On an unbounded queue it
  * never waits, but a producer thread that finds the loop more than 65,536
- * events behind gives its CPU away (sched_yield, one ticket in 1,024; the
+ * events behind gives its CPU away (sched_yield, at most once per 1,024
+ * tickets; the
  * yields counter counts it) so that a loop sharing cores with producers can
  * catch up.
  * Ownership: on 0 the queue owns ev until it is delivered or released; ev

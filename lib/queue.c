@@ -65,12 +65,6 @@
 #define UVQ__BEHIND_EVERY 1024u  /* looks once per this many tickets */
 #define UVQ__NEVER UINT64_MAX /* look_at_, high_at_: no state word is */
 
-/* test/check_queue_race.c stops a stats reader here, between its two
- * loads; nothing in the library. */
-#ifndef UVQ__STATS_BETWEEN
-# define UVQ__STATS_BETWEEN() ((void) 0)
-#endif
-
 _Thread_local char uvq__thread_marker UVQ__TLS_INITIAL_EXEC;
 
 static void uvq__async_cb(uv_async_t* handle);
@@ -154,14 +148,76 @@ static inline uint64_t uvq__word(uint64_t ticket) {
   return ticket <= UVQ__COUNT(UVQ__NEVER) ? ticket * UVQ__ONE : UVQ__NEVER;
 }
 
+/* The value that arms high_at_ for ticket: never UVQ__NEVER, which means
+ * disarmed (a high_water beyond what counts reach saturates one below). */
+static inline uint64_t uvq__arm(uint64_t ticket) {
+  uint64_t w = uvq__word(ticket);
+  return w != UVQ__NEVER ? w : UVQ__NEVER - 1;
+}
+
+/* test/check_queue_race.c stops a thread at these places (a producer in
+ * uvq__look_high, a stats reader between its two loads); nothing in the
+ * library. */
+#ifndef UVQ__LOOK_HOOK
+# define UVQ__LOOK_HOOK(where) ((void) 0)
+#endif
+#ifndef UVQ__STATS_BETWEEN
+# define UVQ__STATS_BETWEEN() ((void) 0)
+#endif
+
+/* Watermarks, for a producer that looks: publish the next look_at_, and
+ * disarm high_at_ (returns 1: wake the loop) if the depth reached
+ * high_water. The depth is read as uvq_queue_stats reads it (removed_,
+ * then the count, ours in it: never too small), after high_at_ and again
+ * after the store: a ticket taken after our store compares with what we
+ * stored, one taken before it is in the count we read after it. So another
+ * producer's stale look_at_ (one computed while disarmed, or from an older
+ * removed_) cannot hide the ticket that reaches high_water, and nobody
+ * disarms on a depth read before the loop re-armed. */
+static UVQ__NOINLINE int uvq__look_high(uvq_queue_t* q, uint64_t behind) {
+  uint64_t high_at = atomic_load(&q->high_at_);
+  for (;;) {
+    uint64_t next = behind;
+    uint64_t removed;
+    uint64_t now;
+    UVQ__LOOK_HOOK(1);
+    if (high_at != UVQ__NEVER) {
+      removed = atomic_load(&q->removed_);
+      if (UVQ__COUNT(atomic_load(&q->state_)) - removed >= q->high_water_) {
+        if (!atomic_compare_exchange_strong(&q->high_at_, &high_at,
+                                            UVQ__NEVER))
+          continue; /* the loop moved it: high_at is fresh */
+        UVQ__LOOK_HOOK(4);
+        atomic_store(&q->look_at_, behind);
+        return 1;
+      }
+      /* the ticket that makes it high_water */
+      now = uvq__word(removed + q->high_water_ - 1);
+      next = now < next ? now : next;
+    }
+    UVQ__LOOK_HOOK(2);
+    atomic_store(&q->look_at_, next);
+    UVQ__LOOK_HOOK(3);
+    now = atomic_load(&q->high_at_);
+    if (now != high_at) {
+      high_at = now; /* armed or disarmed meanwhile: again */
+      continue;
+    }
+    if (high_at == UVQ__NEVER)
+      return 0;
+    removed = atomic_load(&q->removed_);
+    if (UVQ__COUNT(atomic_load(&q->state_)) - removed < q->high_water_)
+      return 0;
+    /* a ticket from before our store reached it: disarm, above */
+  }
+}
+
 /* A producer whose ticket reached look_at_: look at the depth, then link.
  * look_at_ is the next state word worth a look: unbounded, one ticket in
  * UVQ__BEHIND_EVERY (is the loop far behind?); with watermarks, also the
- * ticket that brings the depth to high_water (high_at_, which the loop
- * arms, or that ticket as computed from a fresher removed_). The producer
- * whose ticket reaches high_water disarms high_at_ and wakes the loop,
- * which runs watermark(q, 1). Returns 0 (the enqueue's result) so that the
- * hot path reaches it by a tail call. */
+ * ticket that brings the depth to high_water (see uvq__look_high). Returns
+ * 0 (the enqueue's result) so that the hot path reaches it by a tail
+ * call. */
 static UVQ__NOINLINE int uvq__look(uvq_queue_t* q, uvq_event_t* ev,
                                    uint64_t old) {
   uint64_t t = UVQ__COUNT(old);
@@ -169,38 +225,15 @@ static UVQ__NOINLINE int uvq__look(uvq_queue_t* q, uvq_event_t* ev,
   /* Events ahead of ours. removed_ can pass our ticket: producers with
    * later tickets may link before us, and the loop deliver their events. */
   uint64_t ahead = removed < t ? t - removed : 0;
-  uint64_t depth = ahead + 1; /* with ours */
   uint64_t behind = q->capacity_ == 0
       ? uvq__word((t / UVQ__BEHIND_EVERY + 1) * UVQ__BEHIND_EVERY)
       : UVQ__NEVER;
-  uint64_t high_at = atomic_load(&q->high_at_);
   int wake = 0;
 
-  /* Publish the next look, then check that high_at_ did not change
-   * meanwhile: the loop arms it, then sets look_at_ to 0, so one of us
-   * sees the other's store, and no stale look hides an armed watermark. */
-  for (;;) {
-    uint64_t next = behind;
-    uint64_t now;
-    if (high_at != UVQ__NEVER) {
-      if (depth >= q->high_water_) {
-        if (!atomic_compare_exchange_strong(&q->high_at_, &high_at,
-                                            UVQ__NEVER))
-          continue; /* the loop moved it: high_at is fresh */
-        wake = 1;
-        high_at = UVQ__NEVER;
-      } else {
-        /* the ticket that makes it high_water, ahead of ours */
-        uint64_t at = uvq__word(t + q->high_water_ - depth);
-        next = at < next ? at : next;
-      }
-    }
-    atomic_store(&q->look_at_, next);
-    now = atomic_load(&q->high_at_);
-    if (now == high_at)
-      break;
-    high_at = now;
-  }
+  if (q->watermark_ != NULL)
+    wake = uvq__look_high(q, behind);
+  else
+    atomic_store(&q->look_at_, behind);
 
   if (wake) {
     /* As uvq__push_and_wake: after our link we still touch the queue. */
@@ -218,8 +251,9 @@ static UVQ__NOINLINE int uvq__look(uvq_queue_t* q, uvq_event_t* ev,
    * core of its own, sched_yield() finds nobody else to run and returns at
    * once. Never on the loop thread, which would only be yielding to the
    * producers that flood it. Only on the ticket of the UVQ__BEHIND_EVERY
-   * that look_at_ named, as the rule says: producers whose tickets passed
-   * it before it moved looked too, and would yield as well. */
+   * that look_at_ named: producers whose tickets passed it before it moved
+   * looked too, and must not yield as well. (At most once per 1,024: if a
+   * producer with a later ticket looks first, none of the window does.) */
   if (q->capacity_ == 0 && t % UVQ__BEHIND_EVERY == 0 &&
       ahead > UVQ__BEHIND_DEPTH && q->loop_thread_ != uvq__thread_id()) {
     atomic_fetch_add_explicit(&q->yields_, 1, memory_order_relaxed);
@@ -234,7 +268,10 @@ static UVQ__INLINE int uvq__commit(uvq_queue_t* q, uvq_event_t* ev,
                                    uint64_t old) {
   if (UVQ__UNLIKELY(old & UVQ__ASLEEP))
     return uvq__push_and_wake(q, ev);
-  if (UVQ__UNLIKELY(old >= UVQ__LOAD(&q->look_at_, relaxed)))
+  /* seq_cst, for uvq__look_high and uvq__watch (store look_at_, then read
+   * the count; a producer adds to the count, then reads look_at_): on x86
+   * the same mov as a relaxed load. */
+  if (UVQ__UNLIKELY(old >= atomic_load(&q->look_at_)))
     return uvq__look(q, ev, old);
   uvq__push(q, ev);
   return 0;
@@ -769,7 +806,7 @@ static UVQ__NOINLINE void uvq__watch(uvq_queue_t* q, uint64_t removed) {
   if (depth > q->low_water_)
     return;
   q->above_ = 0;
-  armed = uvq__word(removed + q->high_water_ - 1);
+  armed = uvq__arm(removed + q->high_water_ - 1);
   atomic_store(&q->high_at_, armed);
   atomic_store(&q->look_at_, 0); /* the next producer looks, see uvq__look */
   /* A producer whose ticket came between our depth read and those stores
@@ -1087,7 +1124,7 @@ static int uvq__init(uv_loop_t* loop, uvq_queue_t* q, uvq_process_cb process,
      * brings an empty queue to high_water. */
     uint64_t look = o.capacity == 0 ? uvq__word(UVQ__BEHIND_EVERY)
                                     : UVQ__NEVER;
-    uint64_t high_at = o.watermark != NULL ? uvq__word(o.high_water - 1)
+    uint64_t high_at = o.watermark != NULL ? uvq__arm(o.high_water - 1)
                                            : UVQ__NEVER;
     atomic_init(&q->high_at_, high_at);
     atomic_init(&q->look_at_, high_at < look ? high_at : look);

@@ -1,10 +1,10 @@
 /* Queue races that need a thread stopped at one exact place: a copy of
- * lib/queue.c, built into this file with a pause in uvq_queue_stats between
- * its read of removed_ and its read of the count (UVQ__STATS_BETWEEN, empty
- * in the library). Its public functions are renamed race_queue_* so that
+ * lib/queue.c, built into this file with pauses (empty in the library) in
+ * uvq_queue_stats between its read of removed_ and its read of the count
+ * (UVQ__STATS_BETWEEN), and in a producer's watermark look
+ * (UVQ__LOOK_HOOK). Its public functions are renamed race_queue_* so that
  * they do not meet the library's; events and sinks are the library's own.
- * test/check_queue.c parks a reader with a signal wherever it happens to be;
- * this one parks it at the one place the order of the loads matters. */
+ * A stopped thread stands for one the OS preempted there. */
 #include <stdatomic.h>
 
 #define uvq_queue_init race_queue_init
@@ -22,6 +22,8 @@
 
 static void race_stats_between(void);
 #define UVQ__STATS_BETWEEN() race_stats_between()
+static void race_look_hook(int where);
+#define UVQ__LOOK_HOOK(where) race_look_hook(where)
 
 #include "../lib/queue.c"
 
@@ -116,11 +118,231 @@ START_TEST(queue_stats_reader_stopped_between_its_loads) {
 }
 END_TEST
 
+/* -- watermarks: producers stopped inside their look ----------------------
+ *
+ * A producer thread follows a script: the hook places (1 top of a round, 2
+ * before its store of look_at_, 3 after it, 4 after it disarmed high_at_)
+ * where it stops, in order, until the test lets it go on. */
+
+enum { SCRIPT_MAX = 4 };
+
+typedef struct {
+  uv_thread_t tid;
+  uvq_queue_t* q;
+  uvq_event_t* evs;
+  unsigned n;
+  int script[SCRIPT_MAX];
+  unsigned nscript, pos;
+  uv_sem_t arrived, go;
+} sprod_t;
+
+static _Thread_local sprod_t* me;
+
+static void race_look_hook(int where) {
+  if (me == NULL || me->pos >= me->nscript || me->script[me->pos] != where)
+    return;
+  me->pos++;
+  uv_sem_post(&me->arrived);
+  uv_sem_wait(&me->go);
+}
+
+static void sprod_main(void* arg) {
+  sprod_t* p = arg;
+  unsigned i;
+  me = p;
+  for (i = 0; i < p->n; i++)
+    ck_assert_int_eq(race_queue_enqueue(p->q, &p->evs[i]), 0);
+}
+
+static void sprod_start(sprod_t* p, uvq_queue_t* q, uvq_event_t* evs,
+                        unsigned n, const int* script, unsigned nscript) {
+  unsigned i;
+  memset(p, 0, sizeof(*p));
+  p->q = q;
+  p->evs = evs;
+  p->n = n;
+  for (i = 0; i < nscript; i++)
+    p->script[i] = script[i];
+  p->nscript = nscript;
+  ck_assert_int_eq(uv_sem_init(&p->arrived, 0), 0);
+  ck_assert_int_eq(uv_sem_init(&p->go, 0), 0);
+  ck_assert_int_eq(uv_thread_create(&p->tid, sprod_main, p), 0);
+}
+
+static void sprod_wait(sprod_t* p) {
+  uv_sem_wait(&p->arrived);
+}
+
+static void sprod_go(sprod_t* p) {
+  uv_sem_post(&p->go);
+}
+
+static void sprod_join(sprod_t* p) {
+  ck_assert_int_eq(uv_thread_join(&p->tid), 0);
+  ck_assert_uint_eq(p->pos, p->nscript); /* it stopped where it should */
+  uv_sem_destroy(&p->arrived);
+  uv_sem_destroy(&p->go);
+}
+
+static char marks[16];
+static uint64_t mark_depth[16];
+static unsigned nmarks;
+
+static void on_mark(uvq_queue_t* q, int above) {
+  uvq_queue_stats_t st;
+  ck_assert_int_eq(race_queue_stats(q, &st), 0);
+  ck_assert_uint_lt(nmarks, sizeof(marks) - 1);
+  marks[nmarks] = above ? '1' : '0';
+  mark_depth[nmarks++] = st.depth;
+}
+
+static void turns(int n) {
+  while (n-- > 0)
+    ck_assert_int_ge(uv_run(&loop, UV_RUN_NOWAIT), 0);
+}
+
+static void marks_reset(void) {
+  memset(marks, 0, sizeof(marks));
+  nmarks = 0;
+}
+
+static uvq_queue_options_t* wm_opts(uvq_queue_options_t* o) {
+  memset(o, 0, sizeof(*o));
+  o->high_water = 4;
+  o->low_water = 1;
+  o->watermark = on_mark;
+  return o;
+}
+
+/* A producer that looked while the watermark was disarmed ("above" being
+ * under way) and stopped before its store goes on after the loop said
+ * "below" and armed it again: it must not disarm it on what it saw before,
+ * so no second "above" at depth 1. */
+START_TEST(watermark_stale_producer_does_not_disarm_a_fresh_arm) {
+  static const int at_disarm[] = {4}, before_store[] = {2};
+  uvq_queue_options_t o;
+  uvq_event_t ea[4], eb[1];
+  sprod_t a, b;
+  unsigned i;
+
+  for (i = 0; i < 4; i++)
+    ck_assert_int_eq(uvq_event_init(&ea[i], noop_release), 0);
+  ck_assert_int_eq(uvq_event_init(&eb[0], noop_release), 0);
+  marks_reset();
+  delivered = 0;
+  ck_assert_int_eq(uv_loop_init(&loop), 0);
+  ck_assert_int_eq(race_queue_init(&loop, &rq, process, wm_opts(&o)), 0);
+  /* a's 4th event disarms; a stops before it moves look_at_ on */
+  sprod_start(&a, &rq, ea, 4, at_disarm, 1);
+  sprod_wait(&a);
+  /* b's ticket 4 still looks, finds it disarmed, stops before its store */
+  sprod_start(&b, &rq, eb, 1, before_store, 1);
+  sprod_wait(&b);
+  sprod_go(&a);
+  sprod_join(&a);
+  while (delivered < 4)
+    turns(1);
+  turns(2);
+  ck_assert_str_eq(marks, "10"); /* above at 5, below at 1 (b's, unlinked) */
+  sprod_go(&b);
+  sprod_join(&b);
+  turns(5);
+  ck_assert_str_eq(marks, "10");
+  ck_assert_uint_eq(delivered, 5);
+  ck_assert_int_eq(race_queue_stop(&rq, UVQ_STOP_DRAIN, NULL), 0);
+  ck_assert_int_eq(uv_run(&loop, UV_RUN_DEFAULT), 0);
+  uvq_test_loop_done(&loop);
+}
+END_TEST
+
+/* A sink that takes `budget` events, then says "again" (-1: all). */
+typedef struct {
+  uvq_sink_t sink;
+  int budget;
+  unsigned taken;
+} bsink_t;
+
+static int bsink_write(uvq_sink_t* s, uvq_event_t* ev) {
+  bsink_t* b = (bsink_t*) s;
+  (void) ev;
+  if (b->budget == 0)
+    return UVQ_EAGAIN;
+  if (b->budget > 0)
+    b->budget--;
+  b->taken++;
+  return 0;
+}
+
+static const uvq_sink_vtable_t bsink_vt = {bsink_write, NULL};
+
+/* A producer that looked while disarmed publishes its far look_at_ just
+ * after the loop armed the watermark again, and stops there; meanwhile
+ * another producer's tickets bring the depth to high_water without a look
+ * (they compare with the far look_at_). The queue waits for its sink, so
+ * no pass will notice: the stopped producer, going on, must. */
+START_TEST(watermark_stale_look_at_does_not_hide_high_while_paused) {
+  static const int at_disarm[] = {4}, around_store[] = {2, 3};
+  static bsink_t bs;
+  uvq_queue_options_t o;
+  uvq_event_t ea[4], eb[1], ec[4];
+  sprod_t a, b, c;
+  unsigned i;
+
+  for (i = 0; i < 4; i++) {
+    ck_assert_int_eq(uvq_event_init(&ea[i], noop_release), 0);
+    ck_assert_int_eq(uvq_event_init(&ec[i], noop_release), 0);
+  }
+  ck_assert_int_eq(uvq_event_init(&eb[0], noop_release), 0);
+  marks_reset();
+  ck_assert_int_eq(uv_loop_init(&loop), 0);
+  memset(&bs, 0, sizeof(bs));
+  ck_assert_int_eq(uvq_sink_init(&bs.sink, &bsink_vt), 0);
+  /* The library's sink_init noted its own (hidden) thread marker; this
+   * copy of the queue compares with its own. Same thread, other marker. */
+  bs.sink.thread_ = uvq__thread_id();
+  bs.budget = 1;
+  ck_assert_int_eq(race_queue_init_sink(&loop, &rq, &bs.sink, wm_opts(&o)),
+                   0);
+  sprod_start(&a, &rq, ea, 4, at_disarm, 1); /* ticket 3 disarms, stops */
+  sprod_wait(&a);
+  turns(3); /* above; the sink takes 1 and says "again" */
+  ck_assert_str_eq(marks, "1");
+  sprod_start(&b, &rq, eb, 1, around_store, 2); /* ticket 4: disarmed */
+  sprod_wait(&b);
+  sprod_go(&a);
+  sprod_join(&a);
+  bs.budget = 2;
+  uvq_sink_ready(&bs.sink);
+  turns(3); /* 2 more taken, "again" again: below at 1 (b's), armed */
+  ck_assert_str_eq(marks, "10");
+  sprod_go(&b);
+  sprod_wait(&b); /* b stored its far look_at_, stopped after it */
+  sprod_start(&c, &rq, ec, 4, NULL, 0); /* tickets 5 to 8: no look */
+  sprod_join(&c);
+  sprod_go(&b);
+  sprod_join(&b);
+  for (i = 0; i < 20 && nmarks < 3; i++) {
+    turns(1);
+    uv_sleep(1);
+  }
+  ck_assert_str_eq(marks, "101"); /* said while the sink still waits */
+  ck_assert_uint_ge(mark_depth[2], 4);
+  bs.budget = -1;
+  uvq_sink_ready(&bs.sink);
+  ck_assert_int_eq(race_queue_stop(&rq, UVQ_STOP_DRAIN, NULL), 0);
+  ck_assert_int_eq(uv_run(&loop, UV_RUN_DEFAULT), 0);
+  ck_assert_uint_eq(bs.taken, 9);
+  uvq_test_loop_done(&loop);
+}
+END_TEST
+
 Suite* queue_race_suite(void) {
   Suite* s = suite_create("queue_race");
   TCase* tc = tcase_create("queue_race");
   tcase_set_timeout(tc, 30);
   tcase_add_test(tc, queue_stats_reader_stopped_between_its_loads);
+  tcase_add_test(tc, watermark_stale_producer_does_not_disarm_a_fresh_arm);
+  tcase_add_test(tc, watermark_stale_look_at_does_not_hide_high_while_paused);
   suite_add_tcase(s, tc);
   return s;
 }

@@ -422,6 +422,29 @@ START_TEST(watermark_after_a_drain_stop_is_silent) {
 }
 END_TEST
 
+/* -- a high_water beyond what the counts reach never fires (it once read
+ * as "disarmed by a producer", and every pass said above, then below) --- */
+
+START_TEST(watermark_out_of_reach_never_fires) {
+  uvq_queue_options_t o;
+  uvq_queue_t q;
+  item_t* it = items_new(3, 0);
+  unsigned i;
+
+  ck_assert_int_eq(uvq_queue_init(&loop, &q, process,
+                                  marks_opts(&o, 0, SIZE_MAX / 4, 0)), 0);
+  for (i = 0; i < 3; i++) {
+    ck_assert_int_eq(uvq_queue_try_enqueue(&q, &it[i].ev), 0);
+    while (delivered < i + 1)
+      ck_assert_int_ge(uv_run(&loop, UV_RUN_ONCE), 0);
+  }
+  ck_assert_uint_eq(nmarks, 0);
+  stop_and_run(&q);
+  free(it);
+  uvq_test_loop_done(&loop);
+}
+END_TEST
+
 /* -- impossible settings ------------------------------------------------- */
 
 START_TEST(watermark_impossible_settings_are_refused) {
@@ -472,6 +495,7 @@ Suite* watermark_suite(void) {
   tcase_add_test(tc, watermark_alternates_under_many_producers);
   tcase_add_test(tc, watermark_callback_may_stop_the_queue);
   tcase_add_test(tc, watermark_after_a_drain_stop_is_silent);
+  tcase_add_test(tc, watermark_out_of_reach_never_fires);
   tcase_add_test(tc, watermark_impossible_settings_are_refused);
   suite_add_tcase(s, tc);
   return s;
