@@ -156,58 +156,80 @@ static inline uint64_t uvq__arm(uint64_t ticket) {
 }
 
 /* test/check_queue_race.c stops a thread at these places (a producer in
- * uvq__look_high, a stats reader between its two loads); nothing in the
- * library. */
-#ifndef UVQ__LOOK_HOOK
-# define UVQ__LOOK_HOOK(where) ((void) 0)
+ * uvq__look_high 1 to 5, a stop 6, a stats reader between its two loads);
+ * nothing in the library. */
+#ifndef UVQ__TEST_HOOK
+# define UVQ__TEST_HOOK(where) ((void) 0)
 #endif
 #ifndef UVQ__STATS_BETWEEN
 # define UVQ__STATS_BETWEEN() ((void) 0)
 #endif
 
+/* The depth as one moment saw it: removed_, the count, removed_ again,
+ * until both reads of removed_ agree (removed_ only grows, so the count was
+ * read while it held that value). A count read after a publish of the loop
+ * against a removed_ from before it would be too large, and disarm on a
+ * depth the queue never had. The loop publishes once per pass (a bounded
+ * queue every few events): a retry is rare and waits for nobody. */
+static uint64_t uvq__high_depth(uvq_queue_t* q, uint64_t* removed) {
+  uint64_t r = atomic_load(&q->removed_);
+  for (;;) {
+    uint64_t count;
+    uint64_t again;
+    UVQ__TEST_HOOK(5);
+    count = UVQ__COUNT(atomic_load(&q->state_));
+    again = atomic_load(&q->removed_);
+    if (again == r) {
+      *removed = r;
+      return count - r;
+    }
+    r = again;
+  }
+}
+
 /* Watermarks, for a producer that looks: publish the next look_at_, and
  * disarm high_at_ (returns 1: wake the loop) if the depth reached
- * high_water. The depth is read as uvq_queue_stats reads it (removed_,
- * then the count, ours in it: never too small), after high_at_ and again
- * after the store: a ticket taken after our store compares with what we
- * stored, one taken before it is in the count we read after it. So another
- * producer's stale look_at_ (one computed while disarmed, or from an older
- * removed_) cannot hide the ticket that reaches high_water, and nobody
- * disarms on a depth read before the loop re-armed. */
+ * high_water. Every decision is on a depth read after high_at_, and every
+ * store of look_at_ (also the disarming producer's) is followed by a read
+ * of high_at_ and of the depth: a ticket taken after our store compares
+ * with what we stored, one taken before it is in the count we read after
+ * it. So a stale look_at_ that another producer stored meanwhile (computed
+ * while disarmed, or from an older removed_) cannot hide the ticket that
+ * reaches high_water, and nobody disarms on a depth read before the loop
+ * armed again. */
 static UVQ__NOINLINE int uvq__look_high(uvq_queue_t* q, uint64_t behind) {
   uint64_t high_at = atomic_load(&q->high_at_);
+  uint64_t removed;
+  int wake = 0;
   for (;;) {
     uint64_t next = behind;
-    uint64_t removed;
     uint64_t now;
-    UVQ__LOOK_HOOK(1);
+    UVQ__TEST_HOOK(1);
     if (high_at != UVQ__NEVER) {
-      removed = atomic_load(&q->removed_);
-      if (UVQ__COUNT(atomic_load(&q->state_)) - removed >= q->high_water_) {
+      if (uvq__high_depth(q, &removed) >= q->high_water_) {
         if (!atomic_compare_exchange_strong(&q->high_at_, &high_at,
                                             UVQ__NEVER))
           continue; /* the loop moved it: high_at is fresh */
-        UVQ__LOOK_HOOK(4);
-        atomic_store(&q->look_at_, behind);
-        return 1;
+        wake = 1;
+        high_at = UVQ__NEVER;
+        UVQ__TEST_HOOK(4);
+      } else {
+        /* the ticket that makes it high_water */
+        now = uvq__word(removed + q->high_water_ - 1);
+        next = now < next ? now : next;
       }
-      /* the ticket that makes it high_water */
-      now = uvq__word(removed + q->high_water_ - 1);
-      next = now < next ? now : next;
     }
-    UVQ__LOOK_HOOK(2);
+    UVQ__TEST_HOOK(2);
     atomic_store(&q->look_at_, next);
-    UVQ__LOOK_HOOK(3);
+    UVQ__TEST_HOOK(3);
     now = atomic_load(&q->high_at_);
     if (now != high_at) {
       high_at = now; /* armed or disarmed meanwhile: again */
       continue;
     }
-    if (high_at == UVQ__NEVER)
-      return 0;
-    removed = atomic_load(&q->removed_);
-    if (UVQ__COUNT(atomic_load(&q->state_)) - removed < q->high_water_)
-      return 0;
+    if (high_at == UVQ__NEVER ||
+        uvq__high_depth(q, &removed) < q->high_water_)
+      return wake;
     /* a ticket from before our store reached it: disarm, above */
   }
 }
@@ -239,6 +261,13 @@ static UVQ__NOINLINE int uvq__look(uvq_queue_t* q, uvq_event_t* ev,
     /* As uvq__push_and_wake: after our link we still touch the queue. */
     atomic_fetch_add(&q->inside_, 1);
     uvq__push(q, ev);
+    /* uv_async_send begins with a plain read of its pending flag, which
+     * the loop clears before the pass that reads high_at_: without a full
+     * fence a weakly ordered core may read the flag before our disarm is
+     * visible, see it still set and skip the send (store buffering). The
+     * ASLEEP wake needs none: it acquired the loop's ASLEEP store, made
+     * after the flag was cleared. */
+    atomic_thread_fence(memory_order_seq_cst);
     uv_async_send(&q->async_);
     atomic_fetch_sub(&q->inside_, 1);
     return 0;
@@ -601,6 +630,7 @@ int uvq_queue_stop(uvq_queue_t* q, uvq_stop_mode_t mode,
   if (!uvq__enter(q)) /* the loop must not close under us */
     return 0;         /* a later stop while closing: nothing left to do */
   s = atomic_fetch_or(&q->state_, UVQ__CLOSED);
+  UVQ__TEST_HOOK(6);
   if (!(s & UVQ__CLOSED)) {
     q->close_cb_ = cb; /* published by the release store below */
     atomic_fetch_or(&q->stop_mode_, bits);
@@ -616,6 +646,7 @@ int uvq_queue_stop(uvq_queue_t* q, uvq_stop_mode_t mode,
   uv_mutex_lock(&q->lock_);
   uv_cond_broadcast(&q->cond_);
   uv_mutex_unlock(&q->lock_);
+  atomic_thread_fence(memory_order_seq_cst); /* see uvq__look's wake */
   uv_async_send(&q->async_);
   uvq__leave(q);
   return 0;
@@ -791,9 +822,15 @@ static inline void uvq__note_depth(uvq_queue_t* q, uint64_t depth) {
  * high_at_; then below once it is at most low_water, which arms high_at_
  * again. removed: what this pass last read of removed_. */
 static UVQ__NOINLINE void uvq__watch(uvq_queue_t* q, uint64_t removed) {
-  uint64_t depth =
-      uvq__depth(q, UVQ__COUNT(atomic_load(&q->state_)) - removed);
+  uint64_t s = atomic_load(&q->state_);
+  uint64_t depth = uvq__depth(q, UVQ__COUNT(s) - removed);
   uint64_t armed;
+
+  /* A stop from another thread sets CLOSED before it publishes
+   * stop_count_; refused unbounded enqueues add to the count meanwhile, a
+   * depth never accepted. The stop is in the same word: nothing to say. */
+  if (s & UVQ__CLOSED)
+    return;
 
   if (!q->above_) {
     if (depth < q->high_water_ && atomic_load(&q->high_at_) != UVQ__NEVER)

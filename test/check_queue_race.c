@@ -2,7 +2,7 @@
  * lib/queue.c, built into this file with pauses (empty in the library) in
  * uvq_queue_stats between its read of removed_ and its read of the count
  * (UVQ__STATS_BETWEEN), and in a producer's watermark look
- * (UVQ__LOOK_HOOK). Its public functions are renamed race_queue_* so that
+ * (UVQ__TEST_HOOK). Its public functions are renamed race_queue_* so that
  * they do not meet the library's; events and sinks are the library's own.
  * A stopped thread stands for one the OS preempted there. */
 #include <stdatomic.h>
@@ -23,7 +23,7 @@
 static void race_stats_between(void);
 #define UVQ__STATS_BETWEEN() race_stats_between()
 static void race_look_hook(int where);
-#define UVQ__LOOK_HOOK(where) race_look_hook(where)
+#define UVQ__TEST_HOOK(where) race_look_hook(where)
 
 #include "../lib/queue.c"
 
@@ -121,8 +121,9 @@ END_TEST
 /* -- watermarks: producers stopped inside their look ----------------------
  *
  * A producer thread follows a script: the hook places (1 top of a round, 2
- * before its store of look_at_, 3 after it, 4 after it disarmed high_at_)
- * where it stops, in order, until the test lets it go on. */
+ * before its store of look_at_, 3 after it, 4 after it disarmed high_at_,
+ * 5 after its first read of removed_ for a depth) where it stops, in
+ * order, until the test lets it go on. */
 
 enum { SCRIPT_MAX = 4 };
 
@@ -336,6 +337,159 @@ START_TEST(watermark_stale_look_at_does_not_hide_high_while_paused) {
 }
 END_TEST
 
+/* The producer that disarms is stopped before its store of look_at_ while
+ * the loop says "above", delivers, says "below" and arms again; then it
+ * stores its far look_at_ over the fresh arm. The queue then waits for its
+ * sink, and another producer fills it: the disarming producer, like every
+ * other, must look again after its store, or no ticket of the filling
+ * producer looks (bounded: ever; unbounded: until ticket 1,024). */
+static void run_disarmer_stops_before_its_store(size_t capacity,
+                                                unsigned more) {
+  static const int at_disarm[] = {4};
+  static bsink_t bs;
+  static uvq_event_t ea[4], ec[600];
+  uvq_queue_options_t o;
+  sprod_t a, c;
+  unsigned i;
+
+  ck_assert_uint_le(more, 600);
+  for (i = 0; i < 4; i++)
+    ck_assert_int_eq(uvq_event_init(&ea[i], noop_release), 0);
+  for (i = 0; i < more; i++)
+    ck_assert_int_eq(uvq_event_init(&ec[i], noop_release), 0);
+  marks_reset();
+  ck_assert_int_eq(uv_loop_init(&loop), 0);
+  memset(&bs, 0, sizeof(bs));
+  ck_assert_int_eq(uvq_sink_init(&bs.sink, &bsink_vt), 0);
+  bs.sink.thread_ = uvq__thread_id(); /* see above */
+  bs.budget = -1;
+  wm_opts(&o);
+  o.capacity = capacity;
+  o.overflow = UVQ_FAIL;
+  ck_assert_int_eq(race_queue_init_sink(&loop, &rq, &bs.sink, &o), 0);
+  sprod_start(&a, &rq, ea, 4, at_disarm, 1); /* ticket 3 disarms, stops */
+  sprod_wait(&a);
+  turns(3); /* above; the sink takes 3; below at 1 (a's, unlinked); armed */
+  ck_assert_str_eq(marks, "10");
+  bs.budget = 0; /* "again" from now on */
+  sprod_go(&a);
+  sprod_join(&a);
+  turns(3); /* a's event held: the queue waits for the sink */
+  ck_assert_ptr_nonnull(rq.held_);
+  sprod_start(&c, &rq, ec, more, NULL, 0);
+  sprod_join(&c);
+  for (i = 0; i < 20 && nmarks < 3; i++) {
+    turns(1);
+    uv_sleep(1);
+  }
+  ck_assert_str_eq(marks, "101"); /* while the sink still waits */
+  bs.budget = -1;
+  uvq_sink_ready(&bs.sink);
+  ck_assert_int_eq(race_queue_stop(&rq, UVQ_STOP_DRAIN, NULL), 0);
+  ck_assert_int_eq(uv_run(&loop, UV_RUN_DEFAULT), 0);
+  ck_assert_uint_eq(bs.taken, 4 + more);
+  uvq_test_loop_done(&loop);
+}
+
+START_TEST(watermark_disarming_producer_looks_again_after_its_store) {
+  run_disarmer_stops_before_its_store(64, 40);
+  run_disarmer_stops_before_its_store(0, 500);
+}
+END_TEST
+
+/* A producer reads removed_ for its depth and stops before it reads the
+ * count; meanwhile the loop delivers each event as it comes, so the queue
+ * never holds more than 2 (its own, unlinked, and one). Going on, a count
+ * from now against removed_ from then would say 5: no "above" may come of
+ * it. */
+START_TEST(watermark_depth_is_read_at_one_moment) {
+  static const int before_count[] = {5};
+  uvq_queue_options_t o;
+  uvq_event_t e0[3], ep[1], e1[3];
+  sprod_t p;
+  unsigned i;
+
+  for (i = 0; i < 3; i++) {
+    ck_assert_int_eq(uvq_event_init(&e0[i], noop_release), 0);
+    ck_assert_int_eq(uvq_event_init(&e1[i], noop_release), 0);
+  }
+  ck_assert_int_eq(uvq_event_init(&ep[0], noop_release), 0);
+  marks_reset();
+  delivered = 0;
+  ck_assert_int_eq(uv_loop_init(&loop), 0);
+  ck_assert_int_eq(race_queue_init(&loop, &rq, process, wm_opts(&o)), 0);
+  for (i = 0; i < 2; i++)
+    ck_assert_int_eq(race_queue_try_enqueue(&rq, &e0[i]), 0);
+  while (delivered < 2)
+    turns(1);
+  /* The loop sleeps: ticket 2 wakes it (a ticket that saw it asleep does
+   * not look), ticket 3, p's, looks. */
+  ck_assert_int_eq(race_queue_try_enqueue(&rq, &e0[2]), 0);
+  sprod_start(&p, &rq, ep, 1, before_count, 1);
+  sprod_wait(&p);
+  while (delivered < 3)
+    turns(1);
+  for (i = 0; i < 3; i++) { /* tickets 4 to 6, each delivered at once */
+    ck_assert_int_eq(race_queue_try_enqueue(&rq, &e1[i]), 0);
+    while (delivered < 4 + i)
+      turns(1);
+  }
+  sprod_go(&p);
+  sprod_join(&p);
+  while (delivered < 7)
+    turns(1);
+  turns(3);
+  ck_assert_str_eq(marks, ""); /* the depth was never above 2 */
+  ck_assert_int_eq(race_queue_stop(&rq, UVQ_STOP_DRAIN, NULL), 0);
+  ck_assert_int_eq(uv_run(&loop, UV_RUN_DEFAULT), 0);
+  uvq_test_loop_done(&loop);
+}
+END_TEST
+
+/* A stop from another thread has set CLOSED but not yet published its
+ * count, and refused enqueues (an unbounded queue's add is its test) push
+ * the count to 8 with one event accepted: the loop's look at the depth in
+ * that window must not say "above". */
+static void stopper_main(void* arg) {
+  sprod_t* p = arg;
+  me = p;
+  ck_assert_int_eq(race_queue_stop(p->q, UVQ_STOP_DRAIN, NULL), 0);
+}
+
+START_TEST(watermark_is_silent_while_a_stop_is_being_published) {
+  static const int in_stop[] = {6};
+  uvq_queue_options_t o;
+  uvq_event_t e[8];
+  sprod_t st;
+  unsigned i;
+
+  for (i = 0; i < 8; i++)
+    ck_assert_int_eq(uvq_event_init(&e[i], noop_release), 0);
+  marks_reset();
+  delivered = 0;
+  ck_assert_int_eq(uv_loop_init(&loop), 0);
+  ck_assert_int_eq(race_queue_init(&loop, &rq, process, wm_opts(&o)), 0);
+  ck_assert_int_eq(race_queue_try_enqueue(&rq, &e[0]), 0);
+  memset(&st, 0, sizeof(st));
+  st.q = &rq;
+  st.script[0] = in_stop[0];
+  st.nscript = 1;
+  ck_assert_int_eq(uv_sem_init(&st.arrived, 0), 0);
+  ck_assert_int_eq(uv_sem_init(&st.go, 0), 0);
+  ck_assert_int_eq(uv_thread_create(&st.tid, stopper_main, &st), 0);
+  sprod_wait(&st); /* CLOSED set, the count not yet published */
+  for (i = 1; i < 8; i++)
+    ck_assert_int_eq(race_queue_try_enqueue(&rq, &e[i]), UVQ_ECLOSED);
+  turns(3); /* a pass: delivers the one event */
+  ck_assert_uint_eq(delivered, 1);
+  sprod_go(&st);
+  sprod_join(&st);
+  ck_assert_int_eq(uv_run(&loop, UV_RUN_DEFAULT), 0);
+  ck_assert_str_eq(marks, "");
+  uvq_test_loop_done(&loop);
+}
+END_TEST
+
 Suite* queue_race_suite(void) {
   Suite* s = suite_create("queue_race");
   TCase* tc = tcase_create("queue_race");
@@ -343,6 +497,9 @@ Suite* queue_race_suite(void) {
   tcase_add_test(tc, queue_stats_reader_stopped_between_its_loads);
   tcase_add_test(tc, watermark_stale_producer_does_not_disarm_a_fresh_arm);
   tcase_add_test(tc, watermark_stale_look_at_does_not_hide_high_while_paused);
+  tcase_add_test(tc, watermark_disarming_producer_looks_again_after_its_store);
+  tcase_add_test(tc, watermark_depth_is_read_at_one_moment);
+  tcase_add_test(tc, watermark_is_silent_while_a_stop_is_being_published);
   suite_add_tcase(s, tc);
   return s;
 }
