@@ -156,7 +156,8 @@ static inline uint64_t uvq__arm(uint64_t ticket) {
 }
 
 /* test/check_queue_race.c stops a thread at these places (a producer in
- * uvq__look_high 1 to 5, a stop 6, a stats reader between its two loads);
+ * uvq__look_high 1 to 5, a stop 6, the loop in uvq__watch 7, a stats
+ * reader between its two loads);
  * nothing in the library. */
 #ifndef UVQ__TEST_HOOK
 # define UVQ__TEST_HOOK(where) ((void) 0)
@@ -822,10 +823,17 @@ static inline void uvq__note_depth(uvq_queue_t* q, uint64_t depth) {
  * high_at_; then below once it is at most low_water, which arms high_at_
  * again. removed: what this pass last read of removed_. */
 static UVQ__NOINLINE void uvq__watch(uvq_queue_t* q, uint64_t removed) {
-  uint64_t s = atomic_load(&q->state_);
-  uint64_t depth = uvq__depth(q, UVQ__COUNT(s) - removed);
+  /* high_at_ before the state word: a producer that disarmed it decided on
+   * a state word it read before its compare-and-swap, so if that word had
+   * CLOSED (refused unbounded enqueues in its count), ours has it too. */
+  uint64_t high_at = atomic_load(&q->high_at_);
+  uint64_t s;
+  uint64_t depth;
   uint64_t armed;
 
+  UVQ__TEST_HOOK(7);
+  s = atomic_load(&q->state_);
+  depth = uvq__depth(q, UVQ__COUNT(s) - removed);
   /* A stop from another thread sets CLOSED before it publishes
    * stop_count_; refused unbounded enqueues add to the count meanwhile, a
    * depth never accepted. The stop is in the same word: nothing to say. */
@@ -833,7 +841,7 @@ static UVQ__NOINLINE void uvq__watch(uvq_queue_t* q, uint64_t removed) {
     return;
 
   if (!q->above_) {
-    if (depth < q->high_water_ && atomic_load(&q->high_at_) != UVQ__NEVER)
+    if (depth < q->high_water_ && high_at != UVQ__NEVER)
       return;
     q->above_ = 1;
     atomic_store(&q->high_at_, UVQ__NEVER); /* producers: no need to look */

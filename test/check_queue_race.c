@@ -139,7 +139,17 @@ typedef struct {
 
 static _Thread_local sprod_t* me;
 
+/* Run once by the loop thread at hook 7 (uvq__watch, between its loads of
+ * the state word and of high_at_), when set. */
+static void (*at_watch)(void);
+
 static void race_look_hook(int where) {
+  if (where == 7 && me == NULL && at_watch != NULL) {
+    void (*f)(void) = at_watch;
+    at_watch = NULL;
+    f();
+    return;
+  }
   if (me == NULL || me->pos >= me->nscript || me->script[me->pos] != where)
     return;
   me->pos++;
@@ -490,6 +500,64 @@ START_TEST(watermark_is_silent_while_a_stop_is_being_published) {
 }
 END_TEST
 
+/* A producer accepted before a stop from another thread looks after it,
+ * on a count that refused enqueues inflated, and disarms high_at_; the
+ * loop, stopped between its read of the state word (no CLOSED yet) and
+ * its read of high_at_, must not say "above": 5 were accepted and 3
+ * delivered, the depth was never above 2. */
+static sprod_t cw_prod, cw_stop;
+static uvq_event_t cw_ev[12];
+
+static void closed_window_at_watch(void) {
+  static const int in_stop[] = {6};
+  unsigned i;
+  memset(&cw_stop, 0, sizeof(cw_stop));
+  cw_stop.q = &rq;
+  cw_stop.script[0] = in_stop[0];
+  cw_stop.nscript = 1;
+  ck_assert_int_eq(uv_sem_init(&cw_stop.arrived, 0), 0);
+  ck_assert_int_eq(uv_sem_init(&cw_stop.go, 0), 0);
+  ck_assert_int_eq(uv_thread_create(&cw_stop.tid, stopper_main, &cw_stop),
+                   0);
+  sprod_wait(&cw_stop); /* CLOSED set, the count not yet published */
+  for (i = 5; i < 12; i++)
+    ck_assert_int_eq(race_queue_try_enqueue(&rq, &cw_ev[i]), UVQ_ECLOSED);
+  sprod_go(&cw_prod); /* it reads 12 - 3 = 9 and disarms */
+  sprod_join(&cw_prod);
+}
+
+START_TEST(watermark_is_silent_when_a_stop_crosses_the_loops_look) {
+  static const int at_top[] = {1};
+  uvq_queue_options_t o;
+  unsigned i;
+
+  for (i = 0; i < 12; i++)
+    ck_assert_int_eq(uvq_event_init(&cw_ev[i], noop_release), 0);
+  marks_reset();
+  delivered = 0;
+  ck_assert_int_eq(uv_loop_init(&loop), 0);
+  ck_assert_int_eq(race_queue_init(&loop, &rq, process, wm_opts(&o)), 0);
+  for (i = 0; i < 3; i++)
+    ck_assert_int_eq(race_queue_try_enqueue(&rq, &cw_ev[i]), 0);
+  while (delivered < 3)
+    turns(1);
+  turns(2); /* asleep at depth 0 */
+  ck_assert_int_eq(race_queue_try_enqueue(&rq, &cw_ev[3]), 0); /* wakes */
+  /* ticket 4 reaches look_at_ (ticket 3's word): stop it in its look */
+  sprod_start(&cw_prod, &rq, &cw_ev[4], 1, at_top, 1);
+  sprod_wait(&cw_prod);
+  at_watch = closed_window_at_watch;
+  turns(3);
+  ck_assert_ptr_null(at_watch);
+  sprod_go(&cw_stop);
+  sprod_join(&cw_stop);
+  ck_assert_int_eq(uv_run(&loop, UV_RUN_DEFAULT), 0);
+  ck_assert_uint_eq(delivered, 5);
+  ck_assert_str_eq(marks, "");
+  uvq_test_loop_done(&loop);
+}
+END_TEST
+
 Suite* queue_race_suite(void) {
   Suite* s = suite_create("queue_race");
   TCase* tc = tcase_create("queue_race");
@@ -500,6 +568,7 @@ Suite* queue_race_suite(void) {
   tcase_add_test(tc, watermark_disarming_producer_looks_again_after_its_store);
   tcase_add_test(tc, watermark_depth_is_read_at_one_moment);
   tcase_add_test(tc, watermark_is_silent_while_a_stop_is_being_published);
+  tcase_add_test(tc, watermark_is_silent_when_a_stop_crosses_the_loops_look);
   suite_add_tcase(s, tc);
   return s;
 }
