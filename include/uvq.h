@@ -494,9 +494,9 @@ UVQ_EXTERN int uvq_queue_unref(uvq_queue_t* q);
 /* Copy the counters into *out: each field is read atomically (the set is not
  * one snapshot while producers run; for the instant between a foreign
  * thread's stop request and its publish of the final count, enqueued and
- * depth of an unbounded queue may include enqueues being refused). Any thread, while q's memory is valid:
- * also in and after the close callback (the final counts), until the user
- * frees or re-initialises it.
+ * depth of an unbounded queue may include enqueues being refused). Any
+ * thread, while q's memory is valid: also in and after the close callback
+ * (the final counts), until the user frees or re-initialises it.
  * Returns 0, or UVQ_EINVAL (NULL q or out, q never initialised). */
 UVQ_EXTERN int uvq_queue_stats(const uvq_queue_t* q, uvq_queue_stats_t* out);
 
