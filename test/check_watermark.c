@@ -354,6 +354,13 @@ static void run_producers_against_a_slow_loop(size_t cap) {
     ck_assert_int_ge(uv_run(&loop, UV_RUN_ONCE), 0);
   for (i = 0; i < WP_PRODUCERS; i++)
     uv_thread_join(&t[i]);
+  /* An "above" said at the end of the last pass (a producer saw
+   * high_water during it, counting what it delivered) is followed by
+   * "below" in the pass that producer's wakeup runs: give the loop that
+   * turn before the stop, after which nothing is said. (Seen under
+   * ThreadSanitizer in CI.) */
+  for (i = 0; i < 10 && nmarks > 0 && marks[nmarks - 1] == '1'; i++)
+    ck_assert_int_ge(uv_run(&loop, UV_RUN_NOWAIT), 0);
   stop_and_run(&wp_queue);
   ck_assert_uint_eq(order_errors, 0);
   ck_assert_uint_eq(marks_off_loop, 0);
