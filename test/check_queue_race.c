@@ -165,8 +165,11 @@ static void sprod_main(void* arg) {
     ck_assert_int_eq(race_queue_enqueue(p->q, &p->evs[i]), 0);
 }
 
-static void sprod_start(sprod_t* p, uvq_queue_t* q, uvq_event_t* evs,
-                        unsigned n, const int* script, unsigned nscript) {
+/* Start a scripted thread running entry(p): sprod_main enqueues evs, a
+ * stopper (below) stops q. */
+static void sprod_run(sprod_t* p, void (*entry)(void*), uvq_queue_t* q,
+                      uvq_event_t* evs, unsigned n, const int* script,
+                      unsigned nscript) {
   unsigned i;
   memset(p, 0, sizeof(*p));
   p->q = q;
@@ -177,7 +180,12 @@ static void sprod_start(sprod_t* p, uvq_queue_t* q, uvq_event_t* evs,
   p->nscript = nscript;
   ck_assert_int_eq(uv_sem_init(&p->arrived, 0), 0);
   ck_assert_int_eq(uv_sem_init(&p->go, 0), 0);
-  ck_assert_int_eq(uv_thread_create(&p->tid, sprod_main, p), 0);
+  ck_assert_int_eq(uv_thread_create(&p->tid, entry, p), 0);
+}
+
+static void sprod_start(sprod_t* p, uvq_queue_t* q, uvq_event_t* evs,
+                        unsigned n, const int* script, unsigned nscript) {
+  sprod_run(p, sprod_main, q, evs, n, script, nscript);
 }
 
 static void sprod_wait(sprod_t* p) {
@@ -480,13 +488,7 @@ START_TEST(watermark_is_silent_while_a_stop_is_being_published) {
   ck_assert_int_eq(uv_loop_init(&loop), 0);
   ck_assert_int_eq(race_queue_init(&loop, &rq, process, wm_opts(&o)), 0);
   ck_assert_int_eq(race_queue_try_enqueue(&rq, &e[0]), 0);
-  memset(&st, 0, sizeof(st));
-  st.q = &rq;
-  st.script[0] = in_stop[0];
-  st.nscript = 1;
-  ck_assert_int_eq(uv_sem_init(&st.arrived, 0), 0);
-  ck_assert_int_eq(uv_sem_init(&st.go, 0), 0);
-  ck_assert_int_eq(uv_thread_create(&st.tid, stopper_main, &st), 0);
+  sprod_run(&st, stopper_main, &rq, NULL, 0, in_stop, 1);
   sprod_wait(&st); /* CLOSED set, the count not yet published */
   for (i = 1; i < 8; i++)
     ck_assert_int_eq(race_queue_try_enqueue(&rq, &e[i]), UVQ_ECLOSED);
@@ -511,14 +513,7 @@ static uvq_event_t cw_ev[12];
 static void closed_window_at_watch(void) {
   static const int in_stop[] = {6};
   unsigned i;
-  memset(&cw_stop, 0, sizeof(cw_stop));
-  cw_stop.q = &rq;
-  cw_stop.script[0] = in_stop[0];
-  cw_stop.nscript = 1;
-  ck_assert_int_eq(uv_sem_init(&cw_stop.arrived, 0), 0);
-  ck_assert_int_eq(uv_sem_init(&cw_stop.go, 0), 0);
-  ck_assert_int_eq(uv_thread_create(&cw_stop.tid, stopper_main, &cw_stop),
-                   0);
+  sprod_run(&cw_stop, stopper_main, &rq, NULL, 0, in_stop, 1);
   sprod_wait(&cw_stop); /* CLOSED set, the count not yet published */
   for (i = 5; i < 12; i++)
     ck_assert_int_eq(race_queue_try_enqueue(&rq, &cw_ev[i]), UVQ_ECLOSED);
