@@ -96,11 +96,16 @@ static UVQ__NOINLINE void uvq__broadcast_compact(uvq_broadcast_t* b) {
   b->holes_ = 0;
 }
 
-/* Write ev_ to every entry that owes it and is not waiting. */
-/* Inlined into its two callers: per event, write pays no call for it. */
-static UVQ__INLINE void uvq__broadcast_pass(uvq_broadcast_t* b) {
+/* Write ev_ to every entry that owes it and is not waiting. Returns how
+ * many writes said UVQ_EAGAIN and left their entry waiting: when none did,
+ * the pass that write runs leaves no entry owing the event (every entry
+ * was written or removed, and additions owe nothing), so write need not
+ * look for one. Inlined into its two callers: per event, write pays no
+ * call for it. */
+static UVQ__INLINE size_t uvq__broadcast_pass(uvq_broadcast_t* b) {
   struct uvq__bentry_s* e;
   uvq_sink_t* s;
+  size_t waiting = 0;
   size_t i;
   int err;
 
@@ -123,10 +128,12 @@ static UVQ__INLINE void uvq__broadcast_pass(uvq_broadcast_t* b) {
       if (err == 0) {
         b->stats_.deliveries++;
       } else if (err == UVQ_EAGAIN) {
-        if (e->sink == s)
+        if (e->sink == s) {
           e->flags |= UVQ__B_TODO | UVQ__B_WAITING;
-        else
+          waiting++;
+        } else {
           b->stats_.abandoned++; /* removed during its own write */
+        }
       } else if (err == UVQ_ECLOSED) {
         if (e->sink == s) {
           uvq__broadcast_detach(b, s);
@@ -141,6 +148,7 @@ static UVQ__INLINE void uvq__broadcast_pass(uvq_broadcast_t* b) {
     }
   } while ((b->flags_ & UVQ__B_RERUN) && !(b->flags_ & UVQ__B_CLOSING));
   b->flags_ &= ~(UVQ__B_IN_PASS | UVQ__B_RERUN);
+  return waiting;
 }
 
 static void uvq__broadcast_on_child_closed(uvq_sink_t* sink) {
@@ -229,6 +237,7 @@ static void uvq__broadcast_complete(uvq_broadcast_t* b) {
 
 static int uvq__broadcast_write(uvq_sink_t* sink, uvq_event_t* ev) {
   uvq_broadcast_t* b = UVQ__CONTAINER_OF(sink, uvq_broadcast_t, sink);
+  size_t waiting;
   size_t i;
 
   if (b->flags_ & UVQ__B_IN_PASS)
@@ -243,10 +252,12 @@ static int uvq__broadcast_write(uvq_sink_t* sink, uvq_event_t* ev) {
   for (i = 0; i < b->count_; i++)
     b->entries_[i].flags = UVQ__B_TODO; /* no holes outside a pass */
   b->ev_ = ev;
-  uvq__broadcast_pass(b);
+  waiting = uvq__broadcast_pass(b);
   if (uvq__broadcast_after_pass(b))
     return 0; /* closed from inside the pass: b may be gone */
-  if (uvq__broadcast_pending(b)) {
+  /* A sink that said "again" may since have been removed (or said ready
+   * and taken the event on a second walk): look only if one said it. */
+  if (waiting != 0 && uvq__broadcast_pending(b)) {
     /* The writer's reference ends when we return; keep our own. */
     uvq_event_ref(ev);
     b->flags_ |= UVQ__B_HOLDS_REF;
@@ -270,7 +281,7 @@ static void uvq__broadcast_on_ready(uvq_sink_t* sink, void* arg) {
     b->flags_ |= UVQ__B_RERUN; /* the pass on the stack picks it up */
     return;
   }
-  uvq__broadcast_pass(b);
+  (void) uvq__broadcast_pass(b); /* pending() looks at every entry */
   if (uvq__broadcast_after_pass(b))
     return;
   if (!uvq__broadcast_pending(b))

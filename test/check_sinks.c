@@ -710,6 +710,53 @@ START_TEST(broadcast_ready_during_fanout_is_not_lost) {
 }
 END_TEST
 
+/* Sink 1's write removes sink 0, which said "again" a moment earlier in
+ * the same fan-out: nobody owes the event any more, so the broadcaster
+ * must neither keep it nor refuse the next one. */
+static int remove_first_hook(tsink_t* t, uvq_event_t* ev) {
+  (void) t;
+  if (ITEM(ev)->id == 0 && uvq_broadcast_remove(&bc, &sinks[0].sink) != 0)
+    return UV_EIO; /* counted as a failure: the test sees it */
+  return TS_TAKE;
+}
+
+START_TEST(broadcast_again_then_removed_in_the_same_fanout_holds_nothing) {
+  uvq_broadcast_stats_t st;
+  unsigned i;
+  items_init(3);
+  ck_assert_int_eq(uvq_broadcast_init(&bc), 0);
+  tsink_init(&sinks[0], again_once_hook, 0);
+  tsink_init(&sinks[1], remove_first_hook, 0);
+  ck_assert_int_eq(uvq_broadcast_add(&bc, &sinks[0].sink), 0);
+  ck_assert_int_eq(uvq_broadcast_add(&bc, &sinks[1].sink), 0);
+  ck_assert_int_eq(uvq_sink_write(&bc.sink, &items[0].ev), 0);
+  ck_assert_uint_eq(uvq_event_refs(&items[0].ev), 1); /* not held */
+  uvq_event_unref(&items[0].ev);
+  ck_assert_int_eq(uvq_broadcast_stats(&bc, &st), 0);
+  ck_assert_uint_eq(st.sinks, 1);
+  ck_assert_uint_eq(st.abandoned, 1); /* sink 0 never got event 0 */
+  ck_assert_uint_eq(st.deliveries, 1);
+  /* The next events are taken, not refused with UVQ_EAGAIN. */
+  for (i = 1; i < 3; i++) {
+    ck_assert_int_eq(uvq_sink_write(&bc.sink, &items[i].ev), 0);
+    ck_assert_uint_eq(uvq_event_refs(&items[i].ev), 1);
+    uvq_event_unref(&items[i].ev);
+  }
+  for (i = 0; i < 3; i++) {
+    ck_assert_uint_eq(sinks[0].seen[i], 0);
+    ck_assert_uint_eq(sinks[1].seen[i], 1);
+  }
+  ck_assert_uint_eq(sinks[0].calls, 1); /* its "again" for event 0 */
+  ck_assert_int_eq(uvq_broadcast_stats(&bc, &st), 0);
+  ck_assert_uint_eq(st.failures, 0);
+  ck_assert_uint_eq(st.deliveries, 3);
+  ck_assert_int_eq(uvq_sink_close(&bc.sink, count_close), 0);
+  ck_assert_uint_eq(closed_cbs, 1);
+  items_released_once(3);
+  finish_loop();
+}
+END_TEST
+
 START_TEST(broadcast_add_reports_enomem_and_changes_nothing) {
   uvq_broadcast_stats_t st;
   const char* why = NULL;
@@ -1766,6 +1813,8 @@ Suite* sinks_suite(void) {
   tcase_add_test(tb, broadcast_rejects_bad_input);
   tcase_add_test(tb, broadcast_add_reports_enomem_and_changes_nothing);
   tcase_add_test(tb, broadcast_ready_during_fanout_is_not_lost);
+  tcase_add_test(tb,
+                 broadcast_again_then_removed_in_the_same_fanout_holds_nothing);
   suite_add_tcase(s, tb);
 
   tcase_add_checked_fixture(tf, setup, teardown);
