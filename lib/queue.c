@@ -874,7 +874,8 @@ typedef struct {
 
 /* Write ev to the sink we feed. 0: done with ev (delivered or failed and
  * released); 1: the sink said "again", ev is held at our head. */
-static int uvq__to_sink(uvq_queue_t* q, uvq_event_t* ev, uvq__pass_t* p) {
+static UVQ__INLINE int uvq__to_sink(uvq_queue_t* q, uvq_event_t* ev,
+                                    uvq__pass_t* p) {
   uvq_event_t* inner = ev;
   int r;
   if (uvq__is_carrier(q, ev))
@@ -898,6 +899,55 @@ static int uvq__to_sink(uvq_queue_t* q, uvq_event_t* ev, uvq__pass_t* p) {
   }
   uvq__release(q, ev);
   return 0;
+}
+
+/* A pass's deliveries: at most a batch, from removed on; returns how many
+ * events it took (delivered, discarded by a stop, or the one held after
+ * "again", which sets *paused). process NULL: we feed a sink. Always
+ * inlined, and called with process a constant NULL or not, so that each
+ * caller gets a loop of its own. */
+static UVQ__INLINE uint64_t uvq__deliver(uvq_queue_t* q, uint64_t removed,
+                                        int publish, uvq_process_cb process,
+                                        uvq__pass_t* p, int* paused) {
+  unsigned batch = q->batch_;
+  uint64_t dropped = 0;
+  uint64_t n = 0;
+  while (n < batch) {
+    uvq_event_t* ev = uvq__pop_any(q);
+    if (UVQ__UNLIKELY(ev == NULL)) {
+      ev = uvq__pop_in_flight(q, removed + n);
+      if (ev == NULL)
+        break;
+    }
+    n++;
+    /* Room for producers while we deliver, in runs: a producer that waits
+     * for room reads this line, and one store per event made the two
+     * cores trade it once per event. */
+    if (publish && (n & q->publish_mask_) == 0)
+      UVQ__STORE(&q->removed_, removed + n, release);
+    /* Checked per event: a discard stop (even one made by the callback
+     * just run) must not wait for the end of the batch. */
+    if (UVQ__UNLIKELY(UVQ__LOAD(&q->stop_mode_, relaxed) &
+                      (UVQ__STOP_DISCARD | UVQ__FACE_USED))) {
+      if (UVQ__LOAD(&q->stop_mode_, relaxed) & UVQ__STOP_DISCARD) {
+        dropped++;
+        uvq__release(q, ev);
+        continue;
+      }
+      if (process != NULL && uvq__is_carrier(q, ev))
+        ev = uvq__unwrap(ev); /* the callback gets the carrier's ref */
+    }
+    if (process != NULL) {
+      process(q, ev);
+    } else if (uvq__to_sink(q, ev, p)) {
+      *paused = 1;
+      break;
+    }
+  }
+  p->discarded += dropped;
+  if (process != NULL)
+    p->delivered = n - dropped;
+  return n;
 }
 
 static void uvq__async_cb(uv_async_t* handle) {
@@ -979,44 +1029,12 @@ static void uvq__drain(uvq_queue_t* q) {
   }
 
   if (!paused) {
-    unsigned batch = q->batch_;
-    int publish = bounded && !locked;
-    uint64_t dropped = 0;
-    while (n < batch) {
-      uvq_event_t* ev = uvq__pop_any(q);
-      if (UVQ__UNLIKELY(ev == NULL)) {
-        ev = uvq__pop_in_flight(q, removed + n);
-        if (ev == NULL)
-          break;
-      }
-      n++;
-      /* Room for producers while we deliver, in runs: a producer that
-       * waits for room reads this line, and one store per event made
-       * the two cores trade it once per event. */
-      if (publish && (n & q->publish_mask_) == 0)
-        UVQ__STORE(&q->removed_, removed + n, release);
-      /* Checked per event: a discard stop (even one made by the callback
-       * just run) must not wait for the end of the batch. */
-      if (UVQ__UNLIKELY(UVQ__LOAD(&q->stop_mode_, relaxed) &
-                        (UVQ__STOP_DISCARD | UVQ__FACE_USED))) {
-        if (UVQ__LOAD(&q->stop_mode_, relaxed) & UVQ__STOP_DISCARD) {
-          dropped++;
-          uvq__release(q, ev);
-          continue;
-        }
-        if (process != NULL && uvq__is_carrier(q, ev))
-          ev = uvq__unwrap(ev); /* the callback gets the carrier's ref */
-      }
-      if (UVQ__LIKELY(process != NULL)) {
-        process(q, ev);
-      } else if (uvq__to_sink(q, ev, &p)) {
-        paused = 1;
-        break;
-      }
-    }
-    p.discarded += dropped;
-    if (process != NULL)
-      p.delivered = n - dropped;
+    /* Two copies of one loop: the sink's has uvq__to_sink inlined, the
+     * callback's is the loop it always was. */
+    if (UVQ__LIKELY(process != NULL))
+      n = uvq__deliver(q, removed, bounded && !locked, process, &p, &paused);
+    else
+      n = uvq__deliver(q, removed, bounded && !locked, NULL, &p, &paused);
   }
   uvq__bump(&q->delivered_, p.delivered);
   uvq__bump(&q->discarded_, p.discarded);
