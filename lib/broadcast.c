@@ -97,11 +97,12 @@ static UVQ__NOINLINE void uvq__broadcast_compact(uvq_broadcast_t* b) {
 }
 
 /* Write ev_ to every entry that owes it and is not waiting. Returns how
- * many writes said UVQ_EAGAIN and left their entry waiting: when none did,
- * the pass that write runs leaves no entry owing the event (every entry
- * was written or removed, and additions owe nothing), so write need not
- * look for one. Inlined into its two callers: per event, write pays no
- * call for it. */
+ * many writes said UVQ_EAGAIN and left their entry waiting. When none did
+ * and no close stopped the pass (write checks that first), the pass that
+ * write runs leaves no entry owing the event: every entry was written
+ * (whatever the answer) or removed, and additions owe nothing; so write
+ * need not look for one. Inlined into its two callers: per event, write
+ * pays no call for it. */
 static UVQ__INLINE size_t uvq__broadcast_pass(uvq_broadcast_t* b) {
   struct uvq__bentry_s* e;
   uvq_sink_t* s;

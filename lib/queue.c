@@ -902,8 +902,8 @@ static UVQ__INLINE int uvq__to_sink(uvq_queue_t* q, uvq_event_t* ev,
 }
 
 /* A pass's deliveries: at most a batch, from removed on; returns how many
- * events it took (delivered, discarded by a stop, or the one held after
- * "again", which sets *paused). process NULL: we feed a sink. Always
+ * events it took off the queue (delivered, failed at the sink, discarded
+ * by a stop, or the one held after "again", which sets *paused). process NULL: we feed a sink. Always
  * inlined, and called with process a constant NULL or not, so that each
  * caller gets a loop of its own. */
 static UVQ__INLINE uint64_t uvq__deliver(uvq_queue_t* q, uint64_t removed,
@@ -1030,7 +1030,7 @@ static void uvq__drain(uvq_queue_t* q) {
 
   if (!paused) {
     /* Two copies of one loop: the sink's has uvq__to_sink inlined, the
-     * callback's is the loop it always was. */
+     * callback's tests nothing per event to tell the two apart. */
     if (UVQ__LIKELY(process != NULL))
       n = uvq__deliver(q, removed, bounded && !locked, process, &p, &paused);
     else

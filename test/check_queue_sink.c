@@ -408,6 +408,81 @@ START_TEST(queue_to_sink_waits_for_ready_before_it_offers_again) {
 }
 END_TEST
 
+/* -- room while the loop feeds a sink: as with a process callback
+ * (check_queue.c), a full queue of 64 has room again after every 4
+ * deliveries of a pass, not only at its end. The sink's write (the loop
+ * thread) tries to enqueue a spare each time. --------------------------- */
+
+typedef struct {
+  uvq_sink_t sink;
+  uvq_queue_t* q;
+  item_t* spares;
+  unsigned calls;
+  int results[64];
+  unsigned taken;
+} room_sink_t;
+
+static int room_sink_write(uvq_sink_t* sink, uvq_event_t* ev) {
+  room_sink_t* rs = (room_sink_t*) sink;
+  rs->taken++;
+  if (rs->calls < 64 && ITEM(ev)->producer == 0) {
+    rs->results[rs->calls] =
+        uvq_queue_try_enqueue(rs->q, &rs->spares[rs->calls].ev);
+    rs->calls++;
+  }
+  return 0;
+}
+
+static const uvq_sink_vtable_t room_sink_vt = {room_sink_write, NULL};
+
+static void count_queue_closed(uvq_queue_t* q) {
+  (void) q;
+  queue_closed++;
+}
+
+START_TEST(queue_to_sink_publishes_room_in_runs_during_a_pass) {
+  enum { CAP = 64, RUN = 4 };
+  uvq_queue_options_t o;
+  room_sink_t rs;
+  uvq_queue_t q;
+  item_t* items = make_items(CAP, 0);
+  item_t* spares = make_items(CAP, 1);
+  unsigned spares_in = 0;
+  unsigned i;
+
+  memset(&rs, 0, sizeof(rs));
+  ck_assert_int_eq(uvq_sink_init(&rs.sink, &room_sink_vt), 0);
+  rs.q = &q;
+  rs.spares = spares;
+  memset(&o, 0, sizeof(o));
+  o.capacity = CAP;
+  o.overflow = UVQ_BLOCK;
+  ck_assert_int_eq(uvq_queue_init_sink(&loop, &q, &rs.sink, &o), 0);
+  for (i = 0; i < CAP; i++)
+    ck_assert_int_eq(uvq_queue_try_enqueue(&q, &items[i].ev), 0);
+  while (rs.calls < CAP)
+    uv_run(&loop, UV_RUN_ONCE);
+  for (i = 0; i < CAP; i++) {
+    /* the i+1-th delivery: RUN * floor((i+1) / RUN) removals are
+     * published, and spares_in of them were taken by spares */
+    int room = (i + 1) / RUN * RUN > spares_in;
+    ck_assert_msg(rs.results[i] == (room ? 0 : UVQ_EFULL),
+                  "delivery %u: try_enqueue gave %d", i + 1, rs.results[i]);
+    if (rs.results[i] == 0)
+      spares_in++;
+  }
+  ck_assert_uint_eq(spares_in, CAP - RUN + 1); /* none before the RUN-th */
+  ck_assert_int_eq(uvq_queue_stop(&q, UVQ_STOP_DRAIN, count_queue_closed), 0);
+  ck_assert_int_eq(uv_run(&loop, UV_RUN_DEFAULT), 0);
+  ck_assert_uint_eq(queue_closed, 1);
+  ck_assert_uint_eq(rs.taken, CAP + spares_in);
+  ck_assert_uint_eq(released, CAP + spares_in);
+  free(items);
+  free(spares);
+  uvq_test_loop_done(&loop);
+}
+END_TEST
+
 /* -- the user closes the sink first, and its close takes a while: the
  * queue's close callback still comes after the sink's (the user may free
  * both there). ------------------------------------------------------------ */
@@ -684,6 +759,7 @@ Suite* queue_sink_suite(void) {
   tcase_add_test(tc, queue_to_sink_closed_by_the_user_first_closes_after_it);
   tcase_add_test(tc, queue_to_sink_poll_window_restarts_when_the_held_event_goes);
   tcase_add_test(tc, queue_to_sink_waits_for_ready_before_it_offers_again);
+  tcase_add_test(tc, queue_to_sink_publishes_room_in_runs_during_a_pass);
   tcase_add_test(tc, queue_as_sink_shares_one_event_between_queues);
   tcase_add_test(tc, queue_as_sink_full_block_queue_says_again_then_ready);
   tcase_add_test(tc, queue_as_sink_full_fail_queue_returns_efull);
