@@ -14,7 +14,9 @@
 # reads the total instruction count of the whole process (every thread:
 # producer and loop; user space only, the kernel is not seen) and prints
 #   (Ir(N2) - Ir(N1)) / (N2 - N1)
-# so that startup and teardown cancel out. A libtool wrapper script is run
+# so that startup and teardown cancel out; then the same for the
+# broadcaster fed through a queue (--callgrind broadcast-S, S = 1 and 100).
+# A libtool wrapper script is run
 # through `libtool --mode=execute` (LIBTOOL, default ./libtool).
 set -eu
 
@@ -61,6 +63,29 @@ for p in uvq-unbounded uvq-bounded ref-malloc ref-ring; do
           'BEGIN { printf "%.1f", (b - a) / (n2 - n1) }')
   printf '%-14s %14s %14s %14s\n' "$p" "$a" "$b" "$per"
   eval "per_$(echo "$p" | tr - _)=$per"
+done
+
+# The broadcaster fed by one producer thread through an unbounded queue
+# (the benchmark's "thread" writer; the benchmark's sinks count and check
+# the order), per event and per delivery (event x sink): the queue, the
+# fan-out, the sinks and the release. No target; 100 sinks run a tenth of
+# the events.
+echo
+printf '%-14s %14s %14s %14s %14s\n' case "Ir(small)" "Ir(large)" \
+  "instr/event" "instr/delivery"
+for s in 1 100; do
+  m1=$n1
+  m2=$n2
+  if [ "$s" -gt 1 ]; then
+    m1=$((n1 / 10))
+    m2=$((n2 / 10))
+  fi
+  a=$(instructions "broadcast-$s" "$m1")
+  b=$(instructions "broadcast-$s" "$m2")
+  awk -v a="$a" -v b="$b" -v n1="$m1" -v n2="$m2" -v s="$s" 'BEGIN {
+    e = (b - a) / (n2 - n1)
+    printf "%-14s %14s %14s %14.1f %14.1f\n", "broadcast-" s, a, b, e, e / s
+  }'
 done
 
 # Targets of issue 4: at most 60 instructions per event unbounded, 100

@@ -93,8 +93,24 @@ static void usage(FILE* f) {
 "  --json FILE         also write every figure as JSON\n"
 "  --dat FILE          write the chart's data (events/s by producers)\n"
 "  --callgrind PATTERN one producer, minimal consumer, --events events\n"
-"                      (default 200000), for bench/callgrind.sh\n"
+"                      (default 200000), for bench/callgrind.sh; PATTERN\n"
+"                      broadcast-S: one producer thread feeds a queue\n"
+"                      whose sink is a broadcaster with S counting sinks\n"
 "  --help\n", f);
+}
+
+/* "broadcast-S" (S from 1 to 1000) as a --callgrind pattern: S, else 0. */
+static unsigned callgrind_sinks(const char* name) {
+  const char* p = "broadcast-";
+  char* end;
+  unsigned long v;
+  if (strncmp(name, p, strlen(p)) != 0)
+    return 0;
+  name += strlen(p);
+  if (*name < '1' || *name > '9')
+    return 0;
+  v = strtoul(name, &end, 10);
+  return *end == '\0' && v <= 1000 ? (unsigned) v : 0;
 }
 
 static int parse_u64(const char* s, uint64_t* out) {
@@ -318,7 +334,7 @@ static int parse_opts(int argc, char** argv, opts_t* o) {
       o->dat = val;
     } else if (strcmp(name, "--callgrind") == 0) {
       NEED_VAL();
-      if (bench_pattern_parse(val) < 0)
+      if (bench_pattern_parse(val) < 0 && callgrind_sinks(val) == 0)
         goto bad;
       o->callgrind = val;
     } else {
@@ -1489,10 +1505,35 @@ static int write_dat(const opts_t* o, qcase_t* qc) {
 
 /* -- callgrind mode -------------------------------------------------------- */
 
+/* broadcast-S: as the broadcaster cases' "thread" writer, once. */
+static int run_callgrind_broadcast(const opts_t* o, unsigned sinks) {
+  brun_cfg_t cfg;
+  brun_res_t res;
+  bench_ev_t* evs = alloc_events(o->events);
+  memset(&cfg, 0, sizeof(cfg));
+  cfg.sinks = sinks;
+  cfg.events = o->events;
+  cfg.queued = 1;
+  if (bench_broadcast_run(&cfg, evs, &res) != 0)
+    return 2;
+  printf("%s: %llu events, %llu deliveries\n", o->callgrind,
+         (unsigned long long) o->events,
+         (unsigned long long) res.deliveries);
+  free(evs);
+  if (res.violations != 0) {
+    report_violation(o->callgrind, res.what);
+    return 1;
+  }
+  return 0;
+}
+
 static int run_callgrind(const opts_t* o) {
   qrun_cfg_t cfg;
   qrun_res_t res;
-  bench_ev_t* evs = alloc_events(o->events);
+  bench_ev_t* evs;
+  if (callgrind_sinks(o->callgrind) != 0)
+    return run_callgrind_broadcast(o, callgrind_sinks(o->callgrind));
+  evs = alloc_events(o->events);
   memset(&cfg, 0, sizeof(cfg));
   cfg.pattern = (pattern_t) bench_pattern_parse(o->callgrind);
   cfg.producers = 1;
