@@ -157,13 +157,9 @@ static inline uint64_t uvq__arm(uint64_t ticket) {
 
 /* test/check_queue_race.c stops a thread at these places (a producer in
  * uvq__look_high 1 to 5, a stop 6, the loop in uvq__watch 7, a stats
- * reader between its two loads);
- * nothing in the library. */
+ * reader between its two loads 8); nothing in the library. */
 #ifndef UVQ__TEST_HOOK
 # define UVQ__TEST_HOOK(where) ((void) 0)
-#endif
-#ifndef UVQ__STATS_BETWEEN
-# define UVQ__STATS_BETWEEN() ((void) 0)
 #endif
 
 /* The depth as one moment saw it: removed_, the count, removed_ again,
@@ -903,9 +899,9 @@ static UVQ__INLINE int uvq__to_sink(uvq_queue_t* q, uvq_event_t* ev,
 
 /* A pass's deliveries: at most a batch, from removed on; returns how many
  * events it took off the queue (delivered, failed at the sink, discarded
- * by a stop, or the one held after "again", which sets *paused). process NULL: we feed a sink. Always
- * inlined, and called with process a constant NULL or not, so that each
- * caller gets a loop of its own. */
+ * by a stop, or the one held after "again", which sets *paused). process
+ * NULL: we feed a sink. Always inlined, and called with process a
+ * constant NULL or not, so that each caller gets a loop of its own. */
 static UVQ__INLINE uint64_t uvq__deliver(uvq_queue_t* q, uint64_t removed,
                                         int publish, uvq_process_cb process,
                                         uvq__pass_t* p, int* paused) {
@@ -1281,7 +1277,7 @@ int uvq_queue_stats(const uvq_queue_t* q, uvq_queue_stats_t* out) {
   /* removed_ first, as in uvq__bounded_ticket: it only grows and never
    * passes the count, so the depth below never wraps. */
   removed = atomic_load(&m->removed_);
-  UVQ__STATS_BETWEEN();
+  UVQ__TEST_HOOK(8);
   accepted = UVQ__LOAD(&m->stop_count_, acquire);
   if (accepted == UVQ__UNPUBLISHED)
     accepted = UVQ__COUNT(atomic_load(&m->state_));

@@ -1,8 +1,8 @@
 /* Queue races that need a thread stopped at one exact place: a copy of
- * lib/queue.c, built into this file with pauses (empty in the library) in
- * uvq_queue_stats between its read of removed_ and its read of the count
- * (UVQ__STATS_BETWEEN), and in a producer's watermark look
- * (UVQ__TEST_HOOK). Its public functions are renamed race_queue_* so that
+ * lib/queue.c, built into this file with pauses (UVQ__TEST_HOOK, empty in
+ * the library) in uvq_queue_stats between its read of removed_ and its
+ * read of the count, in a producer's watermark look, in a stop and in the
+ * loop's look. Its public functions are renamed race_queue_* so that
  * they do not meet the library's; events and sinks are the library's own.
  * A stopped thread stands for one the OS preempted there. */
 #include <stdatomic.h>
@@ -20,8 +20,6 @@
 /* queue.c defines the thread marker; check_channel_race.c has one too. */
 #define uvq__thread_marker race_queue_thread_marker
 
-static void race_stats_between(void);
-#define UVQ__STATS_BETWEEN() race_stats_between()
 static void race_look_hook(int where);
 #define UVQ__TEST_HOOK(where) race_look_hook(where)
 
@@ -144,6 +142,10 @@ static _Thread_local sprod_t* me;
 static void (*at_watch)(void);
 
 static void race_look_hook(int where) {
+  if (where == 8) {
+    race_stats_between();
+    return;
+  }
   if (where == 7 && me == NULL && at_watch != NULL) {
     void (*f)(void) = at_watch;
     at_watch = NULL;
@@ -233,13 +235,22 @@ static uvq_queue_options_t* wm_opts(uvq_queue_options_t* o) {
   return o;
 }
 
+/* A fresh loop, marks and count, and rq with wm_opts delivering to
+ * process. */
+static void wm_queue_start(void) {
+  uvq_queue_options_t o;
+  marks_reset();
+  delivered = 0;
+  ck_assert_int_eq(uv_loop_init(&loop), 0);
+  ck_assert_int_eq(race_queue_init(&loop, &rq, process, wm_opts(&o)), 0);
+}
+
 /* A producer that looked while the watermark was disarmed ("above" being
  * under way) and stopped before its store goes on after the loop said
  * "below" and armed it again: it must not disarm it on what it saw before,
  * so no second "above" at depth 1. */
 START_TEST(watermark_stale_producer_does_not_disarm_a_fresh_arm) {
   static const int at_disarm[] = {4}, before_store[] = {2};
-  uvq_queue_options_t o;
   uvq_event_t ea[4], eb[1];
   sprod_t a, b;
   unsigned i;
@@ -247,10 +258,7 @@ START_TEST(watermark_stale_producer_does_not_disarm_a_fresh_arm) {
   for (i = 0; i < 4; i++)
     ck_assert_int_eq(uvq_event_init(&ea[i], noop_release), 0);
   ck_assert_int_eq(uvq_event_init(&eb[0], noop_release), 0);
-  marks_reset();
-  delivered = 0;
-  ck_assert_int_eq(uv_loop_init(&loop), 0);
-  ck_assert_int_eq(race_queue_init(&loop, &rq, process, wm_opts(&o)), 0);
+  wm_queue_start();
   /* a's 4th event disarms; a stops before it moves look_at_ on */
   sprod_start(&a, &rq, ea, 4, at_disarm, 1);
   sprod_wait(&a);
@@ -422,7 +430,6 @@ END_TEST
  * it. */
 START_TEST(watermark_depth_is_read_at_one_moment) {
   static const int before_count[] = {5};
-  uvq_queue_options_t o;
   uvq_event_t e0[3], ep[1], e1[3];
   sprod_t p;
   unsigned i;
@@ -432,10 +439,7 @@ START_TEST(watermark_depth_is_read_at_one_moment) {
     ck_assert_int_eq(uvq_event_init(&e1[i], noop_release), 0);
   }
   ck_assert_int_eq(uvq_event_init(&ep[0], noop_release), 0);
-  marks_reset();
-  delivered = 0;
-  ck_assert_int_eq(uv_loop_init(&loop), 0);
-  ck_assert_int_eq(race_queue_init(&loop, &rq, process, wm_opts(&o)), 0);
+  wm_queue_start();
   for (i = 0; i < 2; i++)
     ck_assert_int_eq(race_queue_try_enqueue(&rq, &e0[i]), 0);
   while (delivered < 2)
@@ -476,17 +480,13 @@ static void stopper_main(void* arg) {
 
 START_TEST(watermark_is_silent_while_a_stop_is_being_published) {
   static const int in_stop[] = {6};
-  uvq_queue_options_t o;
   uvq_event_t e[8];
   sprod_t st;
   unsigned i;
 
   for (i = 0; i < 8; i++)
     ck_assert_int_eq(uvq_event_init(&e[i], noop_release), 0);
-  marks_reset();
-  delivered = 0;
-  ck_assert_int_eq(uv_loop_init(&loop), 0);
-  ck_assert_int_eq(race_queue_init(&loop, &rq, process, wm_opts(&o)), 0);
+  wm_queue_start();
   ck_assert_int_eq(race_queue_try_enqueue(&rq, &e[0]), 0);
   sprod_run(&st, stopper_main, &rq, NULL, 0, in_stop, 1);
   sprod_wait(&st); /* CLOSED set, the count not yet published */
@@ -523,15 +523,11 @@ static void closed_window_at_watch(void) {
 
 START_TEST(watermark_is_silent_when_a_stop_crosses_the_loops_look) {
   static const int at_top[] = {1};
-  uvq_queue_options_t o;
   unsigned i;
 
   for (i = 0; i < 12; i++)
     ck_assert_int_eq(uvq_event_init(&cw_ev[i], noop_release), 0);
-  marks_reset();
-  delivered = 0;
-  ck_assert_int_eq(uv_loop_init(&loop), 0);
-  ck_assert_int_eq(race_queue_init(&loop, &rq, process, wm_opts(&o)), 0);
+  wm_queue_start();
   for (i = 0; i < 3; i++)
     ck_assert_int_eq(race_queue_try_enqueue(&rq, &cw_ev[i]), 0);
   while (delivered < 3)
