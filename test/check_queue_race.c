@@ -62,6 +62,13 @@ static void noop_release(uvq_event_t* ev) {
   (void) ev;
 }
 
+/* n events that release to nothing. */
+static void noop_events(uvq_event_t* e, unsigned n) {
+  unsigned i;
+  for (i = 0; i < n; i++)
+    ck_assert_int_eq(uvq_event_init(&e[i], noop_release), 0);
+}
+
 /* With `queued` events in the queue (none delivered), a reader stops after
  * its read of removed_; the loop delivers them all and `more` are queued;
  * the reader goes on. Returns its depth. */
@@ -73,8 +80,7 @@ static uint64_t depth_across_a_pass(size_t cap, unsigned queued,
   unsigned i;
 
   ck_assert_uint_le(queued + more, 64);
-  for (i = 0; i < queued + more; i++)
-    ck_assert_int_eq(uvq_event_init(&evs[i], noop_release), 0);
+  noop_events(evs, queued + more);
   memset(&o, 0, sizeof(o));
   o.capacity = cap;
   o.overflow = UVQ_FAIL;
@@ -253,11 +259,9 @@ START_TEST(watermark_stale_producer_does_not_disarm_a_fresh_arm) {
   static const int at_disarm[] = {4}, before_store[] = {2};
   uvq_event_t ea[4], eb[1];
   sprod_t a, b;
-  unsigned i;
 
-  for (i = 0; i < 4; i++)
-    ck_assert_int_eq(uvq_event_init(&ea[i], noop_release), 0);
-  ck_assert_int_eq(uvq_event_init(&eb[0], noop_release), 0);
+  noop_events(ea, 4);
+  noop_events(eb, 1);
   wm_queue_start();
   /* a's 4th event disarms; a stops before it moves look_at_ on */
   sprod_start(&a, &rq, ea, 4, at_disarm, 1);
@@ -315,11 +319,9 @@ START_TEST(watermark_stale_look_at_does_not_hide_high_while_paused) {
   sprod_t a, b, c;
   unsigned i;
 
-  for (i = 0; i < 4; i++) {
-    ck_assert_int_eq(uvq_event_init(&ea[i], noop_release), 0);
-    ck_assert_int_eq(uvq_event_init(&ec[i], noop_release), 0);
-  }
-  ck_assert_int_eq(uvq_event_init(&eb[0], noop_release), 0);
+  noop_events(ea, 4);
+  noop_events(ec, 4);
+  noop_events(eb, 1);
   marks_reset();
   ck_assert_int_eq(uv_loop_init(&loop), 0);
   memset(&bs, 0, sizeof(bs));
@@ -379,10 +381,8 @@ static void run_disarmer_stops_before_its_store(size_t capacity,
   unsigned i;
 
   ck_assert_uint_le(more, 600);
-  for (i = 0; i < 4; i++)
-    ck_assert_int_eq(uvq_event_init(&ea[i], noop_release), 0);
-  for (i = 0; i < more; i++)
-    ck_assert_int_eq(uvq_event_init(&ec[i], noop_release), 0);
+  noop_events(ea, 4);
+  noop_events(ec, more);
   marks_reset();
   ck_assert_int_eq(uv_loop_init(&loop), 0);
   memset(&bs, 0, sizeof(bs));
@@ -434,11 +434,9 @@ START_TEST(watermark_depth_is_read_at_one_moment) {
   sprod_t p;
   unsigned i;
 
-  for (i = 0; i < 3; i++) {
-    ck_assert_int_eq(uvq_event_init(&e0[i], noop_release), 0);
-    ck_assert_int_eq(uvq_event_init(&e1[i], noop_release), 0);
-  }
-  ck_assert_int_eq(uvq_event_init(&ep[0], noop_release), 0);
+  noop_events(e0, 3);
+  noop_events(e1, 3);
+  noop_events(ep, 1);
   wm_queue_start();
   for (i = 0; i < 2; i++)
     ck_assert_int_eq(race_queue_try_enqueue(&rq, &e0[i]), 0);
@@ -484,8 +482,7 @@ START_TEST(watermark_is_silent_while_a_stop_is_being_published) {
   sprod_t st;
   unsigned i;
 
-  for (i = 0; i < 8; i++)
-    ck_assert_int_eq(uvq_event_init(&e[i], noop_release), 0);
+  noop_events(e, 8);
   wm_queue_start();
   ck_assert_int_eq(race_queue_try_enqueue(&rq, &e[0]), 0);
   sprod_run(&st, stopper_main, &rq, NULL, 0, in_stop, 1);
@@ -525,8 +522,7 @@ START_TEST(watermark_is_silent_when_a_stop_crosses_the_loops_look) {
   static const int at_top[] = {1};
   unsigned i;
 
-  for (i = 0; i < 12; i++)
-    ck_assert_int_eq(uvq_event_init(&cw_ev[i], noop_release), 0);
+  noop_events(cw_ev, 12);
   wm_queue_start();
   for (i = 0; i < 3; i++)
     ck_assert_int_eq(race_queue_try_enqueue(&rq, &cw_ev[i]), 0);
