@@ -23,9 +23,12 @@
  * head of the FIFO; for UVQ_DROP_NEW the new event, inside the enqueue
  * call), every counter, and when the close callback may run. Watermark
  * callbacks must alternate, starting with "above"; "above" only after the
- * depth reached high_water since the last one, "below" only at low_water or
- * less, neither after a stop; and after a drain (not stopped) the last one
- * said "below" and the depth did not reach high_water since. At the end the
+ * depth reached high_water since the last one and only while it is there
+ * (the loop's look, at the start or the end of a pass: a depth reached
+ * only inside a pass and gone by its end is not reported), "below" only at
+ * low_water or less, neither after a stop; and after a drain (not stopped)
+ * the last one said "below" and the depth did not reach high_water since.
+ * At the end the
  * queue is stopped and the loop run to completion: every event was refused
  * (still the caller's), delivered or released, exactly once, and
  * uv_loop_close() returns 0. Any disagreement aborts with a message.
@@ -112,8 +115,8 @@ static void on_mark(uvq_queue_t* q, int above) {
   CHECK(q == &m.q);
   CHECK(m.wm && !m.stopped && !m.closed);
   CHECK(above == !m.above); /* alternately, "above" first */
-  if (above)
-    CHECK(m.peak_seen >= m.high);
+  if (above) /* the loop's own look, at the start or the end of a pass */
+    CHECK(m.peak_seen >= m.high && depth() >= m.high);
   else
     CHECK(depth() <= m.low); /* the loop's own look, after its publish */
   m.above = above;
@@ -306,9 +309,9 @@ static void run_awake(void) {
 static void do_drain(void) {
   unsigned turns = depth() / m.batch + 3, i;
   for (i = 0; i < turns; i++) {
-    /* An "above" said at the end of the pass that emptied the queue (a
-     * producer saw high_water during it) is followed by "below" in the
-     * pass that producer's wakeup runs: one more turn. */
+    /* Done once empty, with "below" said if "above" was: a producer that
+     * saw high_water during the pass that emptied the queue (counting
+     * what it delivered) gets no "above" for it. */
     if (m.closed || (!m.stopped && depth() == 0 && !m.above))
       break;
     run_awake();

@@ -329,11 +329,12 @@ typedef struct {
    * Both run on the loop thread, on its next turn: the producer whose
    * enqueue brings the depth to high_water wakes the loop for it, also
    * while the queue waits for its sink's ready; the loop sees the depth
-   * fall as it delivers. A depth that reaches high_water only during a
-   * pass (counting what the pass delivered) and is below it again when the
-   * pass ends may go unreported. Neither starts once the loop has seen a
-   * stop request (one made on another thread may cross a callback under
-   * way). */
+   * fall as it delivers. The loop decides on the depth it reads at the
+   * start and at the end of each pass: a depth that reached high_water
+   * only during a pass (counting what the pass delivered) and is below it
+   * again when the pass ends is not reported. Neither starts once the loop
+   * has seen a stop request (one made on another thread may cross a
+   * callback under way). */
   size_t high_water;
   size_t low_water;
   uvq_watermark_cb watermark;

@@ -814,10 +814,30 @@ static inline void uvq__note_depth(uvq_queue_t* q, uint64_t depth) {
     UVQ__STORE(&q->max_depth_, depth, relaxed);
 }
 
+/* Arm high_at_ again for a depth at most low_water (or below high_water)
+ * that the loop just read with removed, and let the next producer look. A
+ * producer whose ticket came between that read and these stores may not
+ * have looked: if the depth reached high_water since, do what it would
+ * have done. */
+static void uvq__rearm(uvq_queue_t* q, uint64_t removed) {
+  uint64_t armed = uvq__arm(removed + q->high_water_ - 1);
+  uint64_t depth;
+
+  atomic_store(&q->high_at_, armed);
+  atomic_store(&q->look_at_, 0); /* the next producer looks, see uvq__look */
+  depth = UVQ__COUNT(atomic_load(&q->state_)) - removed;
+  if (depth >= q->high_water_ &&
+      atomic_compare_exchange_strong(&q->high_at_, &armed, UVQ__NEVER))
+    uv_async_send(&q->async_);
+}
+
 /* Watermarks (loop thread, never after a stop request): above once the
- * depth reached high_water, seen here or by the producer that disarmed
- * high_at_; then below once it is at most low_water, which arms high_at_
- * again. removed: what this pass last read of removed_. */
+ * depth this look reads is at least high_water, then below once it is at
+ * most low_water, which arms high_at_ again. A producer that saw high_water
+ * disarmed high_at_ and woke the loop; if the depth is below high_water by
+ * the time the loop looks, the producer counted what a pass had delivered
+ * but not yet published, and the loop arms high_at_ again without a word.
+ * removed: what this pass last read of removed_. */
 static UVQ__NOINLINE void uvq__watch(uvq_queue_t* q, uint64_t removed) {
   /* high_at_ before the state word: a producer that disarmed it decided on
    * a state word it read before its compare-and-swap, so if that word had
@@ -825,7 +845,6 @@ static UVQ__NOINLINE void uvq__watch(uvq_queue_t* q, uint64_t removed) {
   uint64_t high_at = atomic_load(&q->high_at_);
   uint64_t s;
   uint64_t depth;
-  uint64_t armed;
 
   UVQ__TEST_HOOK(7);
   s = atomic_load(&q->state_);
@@ -837,8 +856,11 @@ static UVQ__NOINLINE void uvq__watch(uvq_queue_t* q, uint64_t removed) {
     return;
 
   if (!q->above_) {
-    if (depth < q->high_water_ && high_at != UVQ__NEVER)
+    if (depth < q->high_water_) {
+      if (high_at == UVQ__NEVER)
+        uvq__rearm(q, removed); /* disarmed on a depth now gone */
       return;
+    }
     q->above_ = 1;
     atomic_store(&q->high_at_, UVQ__NEVER); /* producers: no need to look */
     q->watermark_(q, 1);
@@ -847,16 +869,7 @@ static UVQ__NOINLINE void uvq__watch(uvq_queue_t* q, uint64_t removed) {
   if (depth > q->low_water_)
     return;
   q->above_ = 0;
-  armed = uvq__arm(removed + q->high_water_ - 1);
-  atomic_store(&q->high_at_, armed);
-  atomic_store(&q->look_at_, 0); /* the next producer looks, see uvq__look */
-  /* A producer whose ticket came between our depth read and those stores
-   * may not have looked: if the depth reached high_water since, do what it
-   * would have done. */
-  depth = UVQ__COUNT(atomic_load(&q->state_)) - removed;
-  if (depth >= q->high_water_ &&
-      atomic_compare_exchange_strong(&q->high_at_, &armed, UVQ__NEVER))
-    uv_async_send(&q->async_);
+  uvq__rearm(q, removed);
   q->watermark_(q, 0);
 }
 
