@@ -96,19 +96,46 @@ static UVQ__NOINLINE void uvq__broadcast_compact(uvq_broadcast_t* b) {
   b->holes_ = 0;
 }
 
+/* What entry i's write of ev_ to s answered (err), after the write: count
+ * it, mark the entry waiting after UVQ_EAGAIN, drop it after UVQ_ECLOSED.
+ * Returns 1 when the entry now waits. The write may have added sinks
+ * (moving the array) or removed this one (its slot is a hole then). */
+static UVQ__INLINE size_t uvq__broadcast_answer(uvq_broadcast_t* b, size_t i,
+                                                uvq_sink_t* s, int err) {
+  struct uvq__bentry_s* e = &b->entries_[i];
+  if (err == 0) {
+    b->stats_.deliveries++;
+  } else if (err == UVQ_EAGAIN) {
+    if (e->sink == s) {
+      e->flags |= UVQ__B_TODO | UVQ__B_WAITING;
+      return 1;
+    }
+    b->stats_.abandoned++; /* removed during its own write */
+  } else if (err == UVQ_ECLOSED) {
+    if (e->sink == s) {
+      uvq__broadcast_detach(b, s);
+      e->sink = NULL;
+      e->flags = 0;
+      b->holes_++;
+      b->stats_.removed++;
+    }
+  } else {
+    b->stats_.failures++;
+  }
+  return 0;
+}
+
 /* Write ev_ to every entry that owes it and is not waiting. Returns how
  * many writes said UVQ_EAGAIN and left their entry waiting. When none did
  * and no close stopped the pass (write checks that first), the pass that
  * write runs leaves no entry owing the event: every entry was written
  * (whatever the answer) or removed, and additions owe nothing; so write
- * need not look for one. Inlined into its two callers: per event, write
- * pays no call for it. */
-static UVQ__INLINE size_t uvq__broadcast_pass(uvq_broadcast_t* b) {
+ * need not look for one. */
+static size_t uvq__broadcast_pass(uvq_broadcast_t* b) {
   struct uvq__bentry_s* e;
   uvq_sink_t* s;
   size_t waiting = 0;
   size_t i;
-  int err;
 
   b->flags_ |= UVQ__B_IN_PASS;
   do {
@@ -124,32 +151,28 @@ static UVQ__INLINE size_t uvq__broadcast_pass(uvq_broadcast_t* b) {
       /* Cleared before the write: a remove from inside it does not count
        * the event as abandoned, and the entry cannot be written twice. */
       e->flags &= ~UVQ__B_TODO;
-      err = uvq__sink_write_checked(s, b->ev_); /* same thread: see add */
-      e = &b->entries_[i]; /* an add may have moved the array */
-      if (err == 0) {
-        b->stats_.deliveries++;
-      } else if (err == UVQ_EAGAIN) {
-        if (e->sink == s) {
-          e->flags |= UVQ__B_TODO | UVQ__B_WAITING;
-          waiting++;
-        } else {
-          b->stats_.abandoned++; /* removed during its own write */
-        }
-      } else if (err == UVQ_ECLOSED) {
-        if (e->sink == s) {
-          uvq__broadcast_detach(b, s);
-          e->sink = NULL;
-          e->flags = 0;
-          b->holes_++;
-          b->stats_.removed++;
-        }
-      } else {
-        b->stats_.failures++;
-      }
+      waiting += uvq__broadcast_answer(
+          b, i, s, uvq__sink_write_checked(s, b->ev_)); /* same thread */
     }
   } while ((b->flags_ & UVQ__B_RERUN) && !(b->flags_ & UVQ__B_CLOSING));
   b->flags_ &= ~(UVQ__B_IN_PASS | UVQ__B_RERUN);
   return waiting;
+}
+
+/* The pass of write when the broadcaster has one sink: the same, without
+ * the loops. Nothing can ask for a second round (a ready during the pass
+ * reruns it only for an entry that was waiting before it, and the only
+ * entry waits on nobody until its write returns; sinks added meanwhile
+ * owe nothing), and nothing is closing (write is refused then). */
+static UVQ__INLINE size_t uvq__broadcast_one(uvq_broadcast_t* b) {
+  uvq_sink_t* s = b->entries_[0].sink; /* no holes outside a pass */
+  int err;
+
+  b->entries_[0].flags = 0; /* written now: owes nothing, waits for none */
+  b->flags_ |= UVQ__B_IN_PASS;
+  err = uvq__sink_write_checked(s, b->ev_); /* same thread: see add */
+  b->flags_ &= ~UVQ__B_IN_PASS;
+  return uvq__broadcast_answer(b, 0, s, err);
 }
 
 static void uvq__broadcast_on_child_closed(uvq_sink_t* sink) {
@@ -250,10 +273,14 @@ static int uvq__broadcast_write(uvq_sink_t* sink, uvq_event_t* ev) {
   b->stats_.written++;
   if (b->count_ == 0)
     return 0;
-  for (i = 0; i < b->count_; i++)
-    b->entries_[i].flags = UVQ__B_TODO; /* no holes outside a pass */
   b->ev_ = ev;
-  waiting = uvq__broadcast_pass(b);
+  if (b->count_ == 1) {
+    waiting = uvq__broadcast_one(b);
+  } else {
+    for (i = 0; i < b->count_; i++)
+      b->entries_[i].flags = UVQ__B_TODO; /* no holes outside a pass */
+    waiting = uvq__broadcast_pass(b);
+  }
   if (uvq__broadcast_after_pass(b))
     return 0; /* closed from inside the pass: b may be gone */
   /* A sink that said "again" may since have been removed (or said ready
