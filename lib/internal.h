@@ -14,16 +14,23 @@
 #define UVQ__CONTAINER_OF(ptr, type, field)                                  \
   ((type*) ((char*) (ptr) - offsetof(type, field)))
 
+/* UVQ__HOT starts a function on a 64-byte line: the enqueue and drain
+ * paths. Their loops' placement then no longer moves with unrelated code
+ * above them; a 48-byte function added before them once cost the bounded
+ * queue a fifth of its speed with one producer, nothing in them changed
+ * (see docs/bench.md). */
 #if defined(__GNUC__)
 # define UVQ__LIKELY(x) __builtin_expect(!!(x), 1)
 # define UVQ__UNLIKELY(x) __builtin_expect(!!(x), 0)
 # define UVQ__INLINE inline __attribute__((always_inline))
 # define UVQ__NOINLINE __attribute__((noinline))
+# define UVQ__HOT __attribute__((aligned(64)))
 #else
 # define UVQ__LIKELY(x) (x)
 # define UVQ__UNLIKELY(x) (x)
 # define UVQ__INLINE inline
 # define UVQ__NOINLINE
+# define UVQ__HOT
 #endif
 
 #define UVQ__LOAD(p, mo) atomic_load_explicit((p), memory_order_##mo)

@@ -130,7 +130,8 @@ static UVQ__INLINE uvq_event_t* uvq__pop(uvq_queue_t* q) {
  * matters for latency: a loop woken before the link would find the event
  * missing, and a producer preempted by the very wakeup it sent (the kernel
  * often runs the woken thread at once) would keep it spinning. */
-static UVQ__NOINLINE int uvq__push_and_wake(uvq_queue_t* q, uvq_event_t* ev) {
+static UVQ__NOINLINE UVQ__HOT int uvq__push_and_wake(uvq_queue_t* q,
+                                                    uvq_event_t* ev) {
   uint64_t old;
   atomic_fetch_add(&q->inside_, 1);
   uvq__push(q, ev);
@@ -425,7 +426,7 @@ static UVQ__NOINLINE int uvq__enqueue_locked(uvq_queue_t* q,
 
 /* The queue is full: drop ev (UVQ_DROP_NEW), fail, or wait for room until
  * deadline (an absolute uv_hrtime; 0: wait forever). */
-static UVQ__NOINLINE int uvq__full(uvq_queue_t* q, uvq_event_t* ev,
+static UVQ__NOINLINE UVQ__HOT int uvq__full(uvq_queue_t* q, uvq_event_t* ev,
                                    int may_wait, uint64_t deadline) {
   uint64_t old;
   uint64_t start;
@@ -582,7 +583,7 @@ static UVQ__INLINE int uvq__enqueue_bounded(uvq_queue_t* q, uvq_event_t* ev,
   return uvq__commit(q, ev, old);
 }
 
-int uvq_queue_enqueue(uvq_queue_t* q, uvq_event_t* ev) {
+UVQ__HOT int uvq_queue_enqueue(uvq_queue_t* q, uvq_event_t* ev) {
   if (UVQ__UNLIKELY(q == NULL || ev == NULL))
     return UVQ_EINVAL;
   if (UVQ__LIKELY(q->capacity_ == 0))
@@ -590,7 +591,7 @@ int uvq_queue_enqueue(uvq_queue_t* q, uvq_event_t* ev) {
   return uvq__enqueue_bounded(q, ev, 1, 0);
 }
 
-int uvq_queue_try_enqueue(uvq_queue_t* q, uvq_event_t* ev) {
+UVQ__HOT int uvq_queue_try_enqueue(uvq_queue_t* q, uvq_event_t* ev) {
   if (UVQ__UNLIKELY(q == NULL || ev == NULL))
     return UVQ_EINVAL;
   if (UVQ__LIKELY(q->capacity_ == 0))
@@ -959,7 +960,7 @@ static UVQ__INLINE uint64_t uvq__deliver(uvq_queue_t* q, uint64_t removed,
   return n;
 }
 
-static void uvq__async_cb(uv_async_t* handle) {
+static UVQ__HOT void uvq__async_cb(uv_async_t* handle) {
   uvq__drain(UVQ__CONTAINER_OF(handle, uvq_queue_t, async_));
 }
 
@@ -998,7 +999,7 @@ static void uvq__idle_cb(uv_idle_t* handle) {
 }
 
 /* One drain pass, from the async handle or (polling) the idle handle. */
-static void uvq__drain(uvq_queue_t* q) {
+static UVQ__HOT void uvq__drain(uvq_queue_t* q) {
   uint64_t stop_count = UVQ__LOAD(&q->stop_count_, acquire);
   int locked = q->flags_ & UVQ__FLAG_LOCKED;
   int bounded = q->capacity_ != 0;
