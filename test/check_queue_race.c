@@ -466,6 +466,68 @@ START_TEST(watermark_depth_is_read_at_one_moment) {
 }
 END_TEST
 
+/* A producer sees high_water on a depth that counts what a pass has
+ * delivered but not yet published, disarms high_at_, and stops there
+ * (before its store of look_at_ and its wakeup). The pass ends with the
+ * depth at 1: the loop says nothing and arms the watermark again. Going
+ * on, the producer must not disarm it on what it saw, nor leave a far
+ * look_at_ that hides the next crossing. */
+static sprod_t sd_prod;
+static uvq_event_t sd_ev[8];
+
+static uint64_t rq_high_at(void) {
+  return atomic_load(&rq.high_at_);
+}
+
+static void process_starting_a_disarmer(uvq_queue_t* q, uvq_event_t* ev) {
+  static const int at_disarm[] = {4};
+  process(q, ev);
+  if (delivered != 1)
+    return;
+  /* tickets 1 to 3; ticket 3 counts 4 - 0: disarms, stops unlinked */
+  sprod_start(&sd_prod, &rq, &sd_ev[1], 3, at_disarm, 1);
+  sprod_wait(&sd_prod);
+}
+
+START_TEST(watermark_stale_disarm_is_undone_silently_by_the_loop) {
+  uvq_queue_options_t o;
+  unsigned i;
+
+  noop_events(sd_ev, 8);
+  marks_reset();
+  delivered = 0;
+  ck_assert_int_eq(uv_loop_init(&loop), 0);
+  ck_assert_int_eq(race_queue_init(&loop, &rq, process_starting_a_disarmer,
+                                   wm_opts(&o)), 0);
+  ck_assert_int_eq(race_queue_try_enqueue(&rq, &sd_ev[0]), 0);
+  while (delivered < 3)
+    turns(1);
+  turns(2); /* the pass ended at 3 of 4 removed: depth 1 */
+  ck_assert_str_eq(marks, "");
+  ck_assert_uint_ne(rq_high_at(), UVQ__NEVER); /* armed */
+  sprod_go(&sd_prod); /* it sees the fresh arm, reads depth 1: no disarm */
+  sprod_join(&sd_prod);
+  while (delivered < 4)
+    turns(1);
+  turns(2);
+  ck_assert_str_eq(marks, "");
+  ck_assert_uint_ne(rq_high_at(), UVQ__NEVER);
+  /* A crossing outside a pass: tickets 4 to 7 with the loop idle, and
+   * ticket 7's look (depth 8 - 4) disarms: nothing hid it. */
+  for (i = 4; i < 8; i++)
+    ck_assert_int_eq(race_queue_try_enqueue(&rq, &sd_ev[i]), 0);
+  ck_assert_uint_eq(rq_high_at(), UVQ__NEVER);
+  while (delivered < 8)
+    turns(1);
+  turns(2);
+  ck_assert_str_eq(marks, "10");
+  ck_assert_uint_eq(mark_depth[0], 4);
+  ck_assert_int_eq(race_queue_stop(&rq, UVQ_STOP_DRAIN, NULL), 0);
+  ck_assert_int_eq(uv_run(&loop, UV_RUN_DEFAULT), 0);
+  uvq_test_loop_done(&loop);
+}
+END_TEST
+
 /* A stop from another thread has set CLOSED but not yet published its
  * count, and refused enqueues (an unbounded queue's add is its test) push
  * the count to 8 with one event accepted: the loop's look at the depth in
@@ -554,6 +616,7 @@ Suite* queue_race_suite(void) {
   tcase_add_test(tc, watermark_stale_look_at_does_not_hide_high_while_paused);
   tcase_add_test(tc, watermark_disarming_producer_looks_again_after_its_store);
   tcase_add_test(tc, watermark_depth_is_read_at_one_moment);
+  tcase_add_test(tc, watermark_stale_disarm_is_undone_silently_by_the_loop);
   tcase_add_test(tc, watermark_is_silent_while_a_stop_is_being_published);
   tcase_add_test(tc, watermark_is_silent_when_a_stop_crosses_the_loops_look);
   suite_add_tcase(s, tc);
