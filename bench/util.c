@@ -62,7 +62,8 @@ int bench_set_timer_slack(unsigned long ns) {
 }
 
 int bench_timer_slack_ok(unsigned long ns) {
-#if defined(__linux__) && defined(PR_SET_TIMERSLACK) && defined(PR_GET_TIMERSLACK)
+#if defined(__linux__) && defined(PR_SET_TIMERSLACK) && \
+    defined(PR_GET_TIMERSLACK)
   int was = prctl(PR_GET_TIMERSLACK, 0UL, 0UL, 0UL, 0UL);
   if (was <= 0 || prctl(PR_SET_TIMERSLACK, ns, 0UL, 0UL, 0UL) != 0)
     return 0;

@@ -1341,7 +1341,8 @@ static int write_json(const opts_t* o, qcase_t* qc, ccase_t* cc, bcase_t* bc,
           "%llu, \"broadcast_deliveries\": %llu, \"quick\": %s},\n",
           (unsigned long long) o->events, o->runs, o->capacity, o->rate,
           (unsigned long long) o->paced_events, o->paced_runs,
-          o->timer_slack, o->poll_us, o->sample_every, (unsigned long long) o->channel_events,
+          o->timer_slack, o->poll_us, o->sample_every,
+          (unsigned long long) o->channel_events,
           (unsigned long long) o->broadcast_deliveries,
           o->quick ? "true" : "false");
   fputs("  \"units\": {\"events_per_s\": \"events per second\", "

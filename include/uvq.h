@@ -514,9 +514,9 @@ UVQ_EXTERN int uvq_queue_stats(const uvq_queue_t* q, uvq_queue_stats_t* out);
  * Stopping the queue (either mode) closes dst after the last event was
  * written or released; the queue's close callback runs after dst's close
  * completed (also when the user closed dst first: their close callback
- * runs, then the queue's). A drain stop waits for a stalled dst; a later discard stop
- * overrides it (and releases the held event), so a stuck sink can never
- * hold the close forever.
+ * runs, then the queue's). A drain stop waits for a stalled dst; a later
+ * discard stop overrides it (and releases the held event), so a stuck sink
+ * can never hold the close forever.
  * Events released by the queue go to opts->release, or uvq_event_unref()
  * when it is NULL (the usual choice with sinks: every event passing through
  * a sink must be set up with uvq_event_init()).

@@ -427,7 +427,7 @@ static UVQ__NOINLINE int uvq__enqueue_locked(uvq_queue_t* q,
 /* The queue is full: drop ev (UVQ_DROP_NEW), fail, or wait for room until
  * deadline (an absolute uv_hrtime; 0: wait forever). */
 static UVQ__NOINLINE UVQ__HOT int uvq__full(uvq_queue_t* q, uvq_event_t* ev,
-                                   int may_wait, uint64_t deadline) {
+                                            int may_wait, uint64_t deadline) {
   uint64_t old;
   uint64_t start;
   uint64_t budget;

@@ -119,8 +119,8 @@ Suite* channel_race_suite(void) {
   Suite* s = suite_create("channel_race");
   TCase* tc = tcase_create("channel_race");
   tcase_set_timeout(tc, 60);
-  tcase_add_test(tc,
-                 channel_close_with_a_send_in_flight_ends_every_blocked_receiver);
+  tcase_add_test(
+      tc, channel_close_with_a_send_in_flight_ends_every_blocked_receiver);
   suite_add_tcase(s, tc);
   return s;
 }

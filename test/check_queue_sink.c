@@ -757,7 +757,8 @@ Suite* queue_sink_suite(void) {
                  queue_to_sink_drained_on_another_thread_fails_every_write);
   tcase_add_test(tc, queue_to_stuck_sink_discard_stop_overrides_drain);
   tcase_add_test(tc, queue_to_sink_closed_by_the_user_first_closes_after_it);
-  tcase_add_test(tc, queue_to_sink_poll_window_restarts_when_the_held_event_goes);
+  tcase_add_test(tc,
+                 queue_to_sink_poll_window_restarts_when_the_held_event_goes);
   tcase_add_test(tc, queue_to_sink_waits_for_ready_before_it_offers_again);
   tcase_add_test(tc, queue_to_sink_publishes_room_in_runs_during_a_pass);
   tcase_add_test(tc, queue_as_sink_shares_one_event_between_queues);
