@@ -322,19 +322,18 @@ typedef struct {
    * deep, like a Node stream's highWaterMark and 'drain'. watermark NULL
    * (the default): none, and both counts must be 0. Otherwise
    * 1 <= high_water <= SIZE_MAX / 4, low_water < high_water, and a bounded
-   * queue needs high_water <= capacity. watermark(q, 1) runs once when the
-   * depth, as uvq_queue_stats counts it (during a pass that includes what
-   * the pass delivered so far), reaches high_water; watermark(q, 0) runs
-   * once when it then falls to low_water or below; and so on, alternately.
-   * Both run on the loop thread, on its next turn: the producer whose
-   * enqueue brings the depth to high_water wakes the loop for it, also
-   * while the queue waits for its sink's ready; the loop sees the depth
-   * fall as it delivers. The loop decides on the depth it reads at the
-   * start and at the end of each pass: a depth that reached high_water
-   * only during a pass (counting what the pass delivered) and is below it
-   * again when the pass ends is not reported. Neither starts once the loop
-   * has seen a stop request (one made on another thread may cross a
-   * callback under way). */
+   * queue needs high_water <= capacity. The depth is the one
+   * uvq_queue_stats reports. watermark(q, 1) runs once when the loop, at
+   * the start or the end of a pass, finds it at high_water or more;
+   * watermark(q, 0) runs once when it then finds it at low_water or below;
+   * and so on, alternately. Both run on the loop thread, on its next turn:
+   * the producer whose enqueue brings the depth to high_water wakes the
+   * loop for it, also while the queue waits for its sink's ready; the loop
+   * sees the depth fall as it delivers. A depth that reached high_water
+   * only during a pass (as stats counts it then: with what the pass
+   * delivered so far) and is below it again when the pass ends is not
+   * reported. Neither starts once the loop has seen a stop request (one
+   * made on another thread may cross a callback under way). */
   size_t high_water;
   size_t low_water;
   uvq_watermark_cb watermark;

@@ -14,7 +14,8 @@
  *     index i names the same slot for the whole pass;
  *   - an entry owes the current event only while its TODO bit is set; the
  *     bit is set for every entry when the event is taken, and cleared just
- *     before the entry's write: an entry is written at most once per event;
+ *     before the entry's write: an entry is written at most once per event
+ *     (a lone entry is written at once, and never gets the bit);
  *   - WAITING marks an entry that said UVQ_EAGAIN: it keeps TODO and is
  *     written again only after its ready callback.
  *
