@@ -219,6 +219,19 @@ static int wait_sink_write(uvq_sink_t* s, uvq_event_t* ev) {
 
 static const uvq_sink_vtable_t wait_sink_vt = {wait_sink_write, NULL};
 
+/* Make the sink say "again" to it[0] (the queue then holds it and waits
+ * for the sink's ready), then enqueue it[1] to it[n - 1] behind it. */
+static void stall_sink_then_enqueue(wait_sink_t* ws, uvq_queue_t* q,
+                                    item_t* it, unsigned n) {
+  unsigned i;
+  ws->busy = 1;
+  ck_assert_int_eq(uvq_queue_try_enqueue(q, &it[0].ev), 0);
+  while (!ws->said_again)
+    ck_assert_int_ge(uv_run(&loop, UV_RUN_ONCE), 0);
+  for (i = 1; i < n; i++)
+    ck_assert_int_eq(uvq_queue_try_enqueue(q, &it[i].ev), 0);
+}
+
 START_TEST(watermark_high_is_reported_while_the_sink_waits) {
   uvq_queue_options_t o;
   uvq_queue_t q;
@@ -266,12 +279,7 @@ START_TEST(watermark_high_is_reported_while_the_sink_waits) {
   ck_assert_str_eq(marks, "10");
   ck_assert_uint_le(mark_depth[1], 4);
   /* Armed again: the sink stalls once more, and the same happens. */
-  ws.busy = 1;
-  ck_assert_int_eq(uvq_queue_try_enqueue(&q, &more[0].ev), 0);
-  while (!ws.said_again)
-    ck_assert_int_ge(uv_run(&loop, UV_RUN_ONCE), 0);
-  for (i = 1; i < 33; i++)
-    ck_assert_int_eq(uvq_queue_try_enqueue(&q, &more[i].ev), 0);
+  stall_sink_then_enqueue(&ws, &q, more, 33);
   for (i = 0; i < 10 && nmarks < 3; i++)
     ck_assert_int_ge(uv_run(&loop, UV_RUN_NOWAIT), 0);
   ck_assert_str_eq(marks, "101");
@@ -326,12 +334,7 @@ START_TEST(watermark_crossed_only_inside_a_pass_is_silent) {
   /* Armed again: the sink stalls, and only a producer's look can tell the
    * loop that the depth reached high_water (the event held for the sink
    * is not in the depth). */
-  ws.busy = 1;
-  ck_assert_int_eq(uvq_queue_try_enqueue(&q, &later[0].ev), 0);
-  while (!ws.said_again)
-    ck_assert_int_ge(uv_run(&loop, UV_RUN_ONCE), 0);
-  for (i = 1; i < 11; i++)
-    ck_assert_int_eq(uvq_queue_try_enqueue(&q, &later[i].ev), 0);
+  stall_sink_then_enqueue(&ws, &q, later, 11);
   for (i = 0; i < 10 && nmarks == 0; i++)
     ck_assert_int_ge(uv_run(&loop, UV_RUN_NOWAIT), 0);
   ck_assert_str_eq(marks, "1");
