@@ -693,7 +693,9 @@ typedef struct uvq_filter_s uvq_filter_t;
 typedef int (*uvq_match_cb)(const uvq_event_t* ev, void* arg);
 
 typedef struct {
-  uint64_t matched;   /* events passed on to dst (whatever dst returned) */
+  uint64_t matched;   /* writes passed on to dst (whatever dst returned:
+                       * an event offered again after dst's UVQ_EAGAIN
+                       * counts again) */
   uint64_t unmatched; /* events the matcher refused: taken and not passed */
 } uvq_filter_stats_t;
 
@@ -749,8 +751,9 @@ typedef struct uvq_retry_strategy_s uvq_retry_strategy_t;
 struct uvq_retry_strategy_s {
   /* How long to wait, in milliseconds, before the next attempt to write ev:
    * called before the first attempt and after each failure that is retried.
-   * 0 means at once (the first attempt) or on the next loop iteration (a
-   * retry: a strategy that always says 0 cannot starve the loop). */
+   * 0 means at once (the first attempt) or after 1 ms, on a later loop
+   * iteration (a retry: a strategy that always says 0 cannot starve the
+   * loop). */
   uint64_t (*proceed)(void* state, const uvq_event_t* ev);
   /* The wrapped sink's write failed with err (neither UVQ_EAGAIN nor
    * UVQ_ECLOSED). Return nonzero to drop ev, 0 to retry it. */
@@ -807,7 +810,8 @@ typedef struct {
  * loop. write(ev):
  *   - proceed says 0 and dst takes ev: 0.
  *   - dst returns UVQ_EAGAIN or UVQ_ECLOSED: that is returned (not taken);
- *     dst's readiness is forwarded with uvq_sink_ready(&r->sink).
+ *     after UVQ_EAGAIN, dst's readiness is forwarded with
+ *     uvq_sink_ready(&r->sink) (a closed dst has none to forward).
  *   - dst fails and failure() says drop: 0 (taken and dropped, counted).
  *   - proceed says wait, or dst fails and failure() says retry: the sink
  *     takes a reference to ev and returns 0, then is busy: its writes return
@@ -966,14 +970,16 @@ UVQ_EXTERN int uvq_channel_close(uvq_channel_t* ch);
 
 /* Free what uvq_channel_init allocated. ch may be closed or not. One thread:
  * every thread must have returned from every call on ch (join them), and an
- * attached channel sink must have begun its close. Threads still blocked in
- * ch and events still inside are detected and refused; a thread in the
- * middle of a non-blocking call cannot be, so joining is the caller's duty.
+ * attached channel sink must have begun its close. Events still inside and
+ * threads asleep in a blocking call are detected and refused; a thread in
+ * the middle of any other call cannot be (that includes a blocking call in
+ * its first moments, while it spins and yields before it sleeps), so
+ * joining is the caller's duty.
  * After 0, ch's memory is the caller's again; calls on it (if the memory is
  * still there) return UVQ_EINVAL.
  * Returns 0; UVQ_EINVAL (NULL ch, not initialised or already destroyed);
- * UVQ_EBUSY (events remain: receive them first; or a thread is blocked in
- * ch; or a channel sink is attached): nothing changed. */
+ * UVQ_EBUSY (events remain: receive them first; or a thread sleeps in ch;
+ * or a channel sink is attached): nothing changed. */
 UVQ_EXTERN int uvq_channel_destroy(uvq_channel_t* ch);
 
 /* Send ev, waiting while the channel is full. Any thread except a loop
@@ -1046,9 +1052,10 @@ struct uvq_channel_sink_s {
  * thread becomes the sink's thread, and blocking channel calls made on it
  * return UVQ_EDEADLK until the sink closes. A channel has at most one
  * channel sink at a time. cs is the caller's memory and must not move until
- * its close callback; ch must stay initialised until then. flags: 0 or
- * UVQ_CHANNEL_SINK_KEEP_OPEN. The channel may already be closed (writes
- * then return UVQ_ECLOSED).
+ * its close callback; ch must stay initialised until the sink's close has
+ * begun (the close detaches it from ch at once, see uvq_channel_destroy).
+ * flags: 0 or UVQ_CHANNEL_SINK_KEEP_OPEN. The channel may already be
+ * closed (writes then return UVQ_ECLOSED).
  * Returns 0; UVQ_EINVAL (NULL loop, cs or ch, ch not initialised or
  * destroyed, unknown flags); UVQ_EBUSY (ch already has a channel sink whose
  * close has not begun); a libuv error from uv_async_init. On error nothing

@@ -16,9 +16,10 @@
  *     |  (or dropped)                  retry         |
  *     +------------- delivered or dropped: unref, uvq_sink_ready ------+
  *
- * proceed() is called once per attempt: before the first, and right after
- * each failure that is retried. A retry always goes through the timer, even
- * with a 0 wait (next loop iteration), so a strategy that never waits cannot
+ * proceed() decides each wait: it is called before an event's first
+ * attempt and right after each failure that is retried (not before an
+ * attempt that follows dst's ready or the end of a wait). A retry always goes through the timer, a 0
+ * wait as 1 ms (see uvq__retry_arm), so a strategy that never waits cannot
  * spin the loop.
  *
  * Close may be requested from inside the wrapped sink's write; it then only
@@ -90,7 +91,13 @@ static void uvq__retry_on_timer(uv_timer_t* timer);
 
 static void uvq__retry_arm(uvq_retry_t* r, uint64_t delay_ms) {
   /* Cannot fail: the timer is initialised and not closing (close stops
-   * and closes it before anything could arm it again). */
+   * and closes it before anything could arm it again).
+   * A 0 wait becomes 1 ms: libuv 1.44 (configure's minimum) runs a timer
+   * restarted with 0 from its own callback again in the same
+   * uv__run_timers() pass, the loop's clock not moving there, so a
+   * strategy that never waits would spin in the timer phase forever. */
+  if (delay_ms == 0)
+    delay_ms = 1;
   uv_timer_start(&r->timer_, uvq__retry_on_timer, delay_ms, 0);
 }
 
@@ -155,6 +162,8 @@ static void uvq__retry_again(uvq_retry_t* r) {
     if (err == 0) {
       uvq__retry_success(r, ev);
       uvq__retry_release(r);
+    } else if (err != UVQ_EAGAIN && err != UVQ_ECLOSED) {
+      r->stats_.failures++; /* a failure all the same, never retried */
     }
     uvq__retry_finish_close(r); /* drops the event if still pending */
     return;
@@ -228,6 +237,8 @@ static int uvq__retry_write(uvq_sink_t* sink, uvq_event_t* ev) {
     if (err == 0) {
       uvq__retry_success(r, ev);
       r->stats_.written++;
+    } else if (err != UVQ_EAGAIN && err != UVQ_ECLOSED) {
+      r->stats_.failures++;
     }
     uvq__retry_finish_close(r);
     return err == 0 ? 0 : UVQ_ECLOSED;

@@ -1158,6 +1158,32 @@ START_TEST(channel_sink_keep_open_leaves_the_channel_open) {
 }
 END_TEST
 
+/* The contract: ch may be destroyed once the sink's close has begun, before
+ * its close callback; the sink must not touch ch again (ASan/valgrind see
+ * it if it does, and the ring's memory is gone). */
+START_TEST(channel_destroy_after_the_sink_close_began) {
+  item_t it[1];
+  uvq_event_t* ev;
+
+  sink_reset();
+  items_init(it, 1, 0);
+  ck_assert_int_eq(uvq_channel_init(&ch, 4), 0);
+  ck_assert_int_eq(uvq_channel_sink_init(&loop, &cs, &ch, 0), 0);
+  ck_assert_int_eq(uvq_sink_write(&cs.sink, &it[0].ev), 0);
+  ck_assert_int_eq(uvq_sink_close(&cs.sink, sink_closed_cb), 0);
+  ck_assert_uint_eq(sink_closes, 0); /* the callback is still to come */
+  ck_assert_int_eq(uvq_channel_destroy(&ch), UVQ_EBUSY); /* one event */
+  ck_assert_int_eq(uvq_channel_try_recv(&ch, &ev), 0);
+  ck_assert_ptr_eq(ev, &it[0].ev);
+  uvq_event_unref(ev);
+  ck_assert_int_eq(uvq_channel_destroy(&ch), 0);
+  ck_assert_int_eq(uv_run(&loop, UV_RUN_DEFAULT), 0);
+  ck_assert_uint_eq(sink_closes, 1);
+  ck_assert_uint_eq(uvq_event_refs(&it[0].ev), 1);
+  uvq_test_loop_done(&loop);
+}
+END_TEST
+
 static void closer_main(void* arg) {
   (void) arg;
   uv_sleep(10);
@@ -1356,6 +1382,7 @@ Suite* channel_suite(void) {
 #endif
   tcase_add_test(tc, channel_destroy_refuses_while_events_remain);
   tcase_add_test(tc, channel_destroy_refuses_while_a_thread_is_blocked_inside);
+  tcase_add_test(tc, channel_destroy_after_the_sink_close_began);
   tcase_add_test(tc, channel_one_event_may_sit_in_two_channels);
   /* the channel sink */
   tcase_add_test(tc,

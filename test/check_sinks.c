@@ -1103,6 +1103,64 @@ START_TEST(retry_close_during_backoff_cancels_timer_and_releases_once) {
 }
 END_TEST
 
+/* A strategy that never waits and always retries, in front of a sink that
+ * always fails: every retry must wait for a later loop iteration, or the
+ * loop would never poll for I/O again. (libuv 1.44 runs a timer restarted
+ * with 0 from its own callback again in the same pass: a zero wait is
+ * rounded up to 1 ms.) A check handle counts the loop's iterations; the
+ * sink closes the retrying sink after a few attempts, so that a spin ends
+ * and the assertion, not the timeout, reports it. */
+static unsigned zw_iterations, zw_in_iteration, zw_most_in_one;
+
+static void zw_on_check(uv_check_t* h) {
+  (void) h;
+  zw_iterations++;
+  zw_in_iteration = 0;
+}
+
+static int zw_fail_hook(tsink_t* t, uvq_event_t* ev) {
+  (void) ev;
+  if (++zw_in_iteration > zw_most_in_one)
+    zw_most_in_one = zw_in_iteration;
+  if (t->calls == 6)
+    ck_assert_int_eq(uvq_sink_close(&rty.sink, count_close), 0);
+  return UV_EIO;
+}
+
+START_TEST(retry_zero_wait_cannot_starve_the_loop) {
+  uvq_retry_strategy_t never_wait = {NULL, NULL, NULL, NULL};
+  uvq_retry_stats_t st;
+  uv_check_t check;
+  uint64_t t0;
+
+  zw_iterations = zw_in_iteration = zw_most_in_one = 0;
+  items_init(1);
+  tsink_init(&sinks[0], zw_fail_hook, 0);
+  ck_assert_int_eq(uv_check_init(&loop, &check), 0);
+  ck_assert_int_eq(uv_check_start(&check, zw_on_check), 0);
+  uv_unref((uv_handle_t*) &check);
+  ck_assert_int_eq(uvq_retry_init(&loop, &rty, &sinks[0].sink, &never_wait),
+                   0);
+  t0 = uv_hrtime();
+  ck_assert_int_eq(uvq_sink_write(&rty.sink, &items[0].ev), 0); /* taken */
+  uvq_event_unref(&items[0].ev);
+  ck_assert_int_eq(uv_run(&loop, UV_RUN_DEFAULT), 0);
+  ck_assert_uint_eq(closed_cbs, 1);
+  ck_assert_uint_eq(sinks[0].calls, 6);
+  ck_assert_uint_le(zw_most_in_one, 1); /* one attempt per iteration */
+  ck_assert_uint_ge(zw_iterations, 5);
+  ck_assert_uint_ge(uv_hrtime() - t0, 5 * 1000000ull); /* 5 retries, 1 ms */
+  ck_assert_int_eq(uvq_retry_stats(&rty, &st), 0);
+  ck_assert_uint_eq(st.attempts, 6);
+  ck_assert_uint_eq(st.failures, 6);
+  ck_assert_uint_eq(st.retries, 5);
+  ck_assert_uint_eq(st.dropped, 1);
+  uv_close((uv_handle_t*) &check, NULL);
+  finish_loop();
+  items_released_once(1);
+}
+END_TEST
+
 START_TEST(retry_passes_dst_again_through_and_forwards_ready) {
   uvq_backoff_t bo;
   writer_t w;
@@ -1232,6 +1290,9 @@ START_TEST(retry_closed_from_inside_the_wrapped_write) {
   ck_assert_uint_eq(st.delivered, 1);
   ck_assert_uint_eq(st.written, 1);
   ck_assert_uint_eq(st.dropped, 0);
+  ck_assert_uint_eq(st.attempts, 2);
+  ck_assert_uint_eq(st.failures, 1); /* event 1's, after the close */
+  ck_assert_uint_eq(st.retries, 0);
   for (unsigned i = 0; i < 10; i++)
     uvq_event_unref(&items[i].ev);
   items_released_once(10);
@@ -1264,6 +1325,9 @@ START_TEST(retry_closed_from_inside_a_retry_drops_the_event_once) {
   ck_assert_uint_eq(sinks[0].closed_in_write, 0);
   ck_assert_int_eq(uvq_retry_stats(&rty, &st), 0);
   ck_assert_uint_eq(st.dropped, 1);
+  ck_assert_uint_eq(st.attempts, 2);
+  ck_assert_uint_eq(st.failures, 2); /* the second one after the close */
+  ck_assert_uint_eq(st.retries, 1);
   items_released_once(1);
 }
 END_TEST
@@ -1835,6 +1899,7 @@ Suite* sinks_suite(void) {
   tcase_add_test(tr,
                  retry_close_during_backoff_cancels_timer_and_releases_once);
   tcase_add_test(tr, retry_passes_dst_again_through_and_forwards_ready);
+  tcase_add_test(tr, retry_zero_wait_cannot_starve_the_loop);
   tcase_add_test(tr, retry_user_strategy_drops_and_counts);
   tcase_add_test(tr, retry_closed_from_inside_the_wrapped_write);
   tcase_add_test(tr, retry_closed_from_inside_a_retry_drops_the_event_once);
