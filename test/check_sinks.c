@@ -1131,7 +1131,6 @@ START_TEST(retry_zero_wait_cannot_starve_the_loop) {
   uvq_retry_strategy_t never_wait = {NULL, NULL, NULL, NULL};
   uvq_retry_stats_t st;
   uv_check_t check;
-  uint64_t t0;
 
   zw_iterations = zw_in_iteration = zw_most_in_one = 0;
   items_init(1);
@@ -1141,15 +1140,14 @@ START_TEST(retry_zero_wait_cannot_starve_the_loop) {
   uv_unref((uv_handle_t*) &check);
   ck_assert_int_eq(uvq_retry_init(&loop, &rty, &sinks[0].sink, &never_wait),
                    0);
-  t0 = uv_hrtime();
   ck_assert_int_eq(uvq_sink_write(&rty.sink, &items[0].ev), 0); /* taken */
   uvq_event_unref(&items[0].ev);
+  zw_in_iteration = 0; /* that attempt ran outside the loop */
   ck_assert_int_eq(uv_run(&loop, UV_RUN_DEFAULT), 0);
   ck_assert_uint_eq(closed_cbs, 1);
   ck_assert_uint_eq(sinks[0].calls, 6);
   ck_assert_uint_le(zw_most_in_one, 1); /* one attempt per iteration */
   ck_assert_uint_ge(zw_iterations, 5);
-  ck_assert_uint_ge(uv_hrtime() - t0, 5 * 1000000ull); /* 5 retries, 1 ms */
   ck_assert_int_eq(uvq_retry_stats(&rty, &st), 0);
   ck_assert_uint_eq(st.attempts, 6);
   ck_assert_uint_eq(st.failures, 6);
