@@ -295,7 +295,9 @@ typedef struct {
   /* What happens when a bounded queue is full; ignored when unbounded. */
   uvq_overflow_t overflow;
   /* Maximum events handled per drain pass before yielding to the loop;
-   * 0 means UVQ_DEFAULT_BATCH; at most UVQ_MAX_BATCH. */
+   * 0 means UVQ_DEFAULT_BATCH; at most UVQ_MAX_BATCH. A pass never takes
+   * more than was accepted when it began: events enqueued during it (also
+   * by its own callbacks) wait for the next pass, after the loop's turn. */
   unsigned batch;
   /* Receives events the queue drops or discards. NULL means
    * uvq_event_unref(ev): then every event must be set up with

@@ -2211,6 +2211,84 @@ START_TEST(queue_poll_short_window_many_producers_exactly_once_in_order) {
 }
 END_TEST
 
+/* A pass delivers what was accepted when it began, never more: an event
+ * enqueued during the pass (here by the process callback itself) waits for
+ * the next pass, after the loop's turn. So a callback that feeds its own
+ * queue cannot keep one pass going, whatever the batch. */
+static item_t* reenqueue_items;
+static unsigned reenqueue_left;
+
+static void reenqueue_process(uvq_queue_t* q, uvq_event_t* ev) {
+  count_process(q, ev);
+  if (reenqueue_left != 0) {
+    reenqueue_left--;
+    ck_assert_int_eq(uvq_queue_enqueue(q, &reenqueue_items[0].ev), 0);
+    reenqueue_items++;
+  }
+}
+
+START_TEST(queue_pass_stops_at_the_count_it_began_with) {
+  enum { N = 3, MORE = 5 };
+  uvq_queue_options_t o;
+  uvq_queue_stats_t st;
+  item_t it[N + MORE];
+  unsigned i;
+
+  items_init(it, N + MORE, 0);
+  reenqueue_items = &it[N];
+  reenqueue_left = MORE;
+  opts_of(&o, 0, UVQ_BLOCK, UVQ_MAX_BATCH);
+  ck_assert_int_eq(uvq_queue_init(&loop, &queue, reenqueue_process, &o), 0);
+  for (i = 0; i < N; i++)
+    ck_assert_int_eq(uvq_queue_enqueue(&queue, &it[i].ev), 0);
+  ck_assert_int_eq(uv_run(&loop, UV_RUN_NOWAIT), 1);
+  ck_assert_uint_eq(delivered, N); /* the 3 it found, not the 3 added */
+  ck_assert_int_eq(uvq_queue_stats(&queue, &st), 0);
+  ck_assert_uint_eq(st.passes, 1);
+  ck_assert_uint_eq(st.depth, N);
+  /* Each pass takes what the last one added: 3 (adding the last 2), 2. */
+  ck_assert_int_eq(uv_run(&loop, UV_RUN_NOWAIT), 1);
+  ck_assert_uint_eq(delivered, 2 * N);
+  ck_assert_int_eq(uvq_queue_stats(&queue, &st), 0);
+  ck_assert_uint_eq(st.passes, 2);
+  ck_assert_uint_eq(st.depth, MORE - N);
+  ck_assert_int_eq(uv_run(&loop, UV_RUN_NOWAIT), 1);
+  ck_assert_int_eq(uvq_queue_stats(&queue, &st), 0);
+  ck_assert_uint_eq(st.passes, 3);
+  ck_assert_uint_eq(delivered, N + MORE);
+  ck_assert_uint_eq(st.depth, 0);
+  ck_assert_uint_eq(order_errors, 0);
+  stop_and_close(UVQ_STOP_DRAIN);
+  uvq_test_loop_done(&loop);
+}
+END_TEST
+
+/* Without a poll window a bounded queue sleeps as soon as it is empty: no
+ * polling, and every burst after a quiet spell pays for one wakeup. */
+START_TEST(queue_bounded_that_never_fills_sleeps_at_once) {
+  enum { CAP = 4 };
+  uvq_queue_options_t o;
+  uvq_queue_stats_t st;
+  item_t it[CAP];
+  unsigned i;
+
+  items_init(it, CAP, 0);
+  opts_of(&o, CAP, UVQ_BLOCK, 0);
+  ck_assert_int_eq(uvq_queue_init(&loop, &queue, count_process, &o), 0);
+  for (i = 0; i < CAP - 1; i++)
+    ck_assert_int_eq(uvq_queue_try_enqueue(&queue, &it[i].ev), 0);
+  run_until_delivered(CAP - 1);
+  ck_assert_int_eq(uv_backend_timeout(&loop), -1); /* asleep */
+  ck_assert_int_eq(uvq_queue_try_enqueue(&queue, &it[CAP - 1].ev), 0);
+  ck_assert_int_eq(uvq_queue_stats(&queue, &st), 0);
+  ck_assert_uint_eq(st.wakeups, 2);
+  run_until_delivered(CAP);
+  stop_and_close(UVQ_STOP_DRAIN);
+  ck_assert_uint_eq(open_handles(&loop), 0);
+  uvq_test_loop_done(&loop);
+}
+END_TEST
+
 static void stop_drain_main(void* arg) {
   *(int*) arg = uvq_queue_stop(&queue, UVQ_STOP_DRAIN, count_close);
 }
@@ -2455,6 +2533,8 @@ Suite* queue_suite(void) {
   tcase_add_test(tc,
                  queue_poll_short_window_many_producers_exactly_once_in_order);
   tcase_add_test(tc, queue_poll_stop_from_another_thread_while_polling);
+  tcase_add_test(tc, queue_bounded_that_never_fills_sleeps_at_once);
+  tcase_add_test(tc, queue_pass_stops_at_the_count_it_began_with);
   tcase_add_test(tc, queue_stats_are_readable_from_any_thread_while_it_runs);
 #ifndef _WIN32
   tcase_add_test(tc,
