@@ -356,7 +356,7 @@ typedef struct {
   uint64_t wakeups;        /* uv_async_send calls that woke a sleeping loop */
   uint64_t passes;         /* drain callbacks run */
   uint64_t yields;         /* unbounded: a producer gave its CPU away, the
-                            * loop being > 65,536 events behind */
+                            * loop being > 4,096 events behind */
   uint64_t sleeps;         /* bounded UVQ_BLOCK: a producer slept on the
                             * condition variable, waiting for room */
 } uvq_queue_stats_t;
@@ -444,7 +444,7 @@ UVQ_EXTERN int uvq_queue_init(uv_loop_t* loop, uvq_queue_t* q,
  * the caller wait until there is room or the queue stops. Any thread, except
  * that with UVQ_BLOCK on a bounded queue the loop thread gets UVQ_EDEADLK
  * (it would wait for itself). Allocates nothing. On an unbounded queue it
- * never waits, but a producer thread that finds the loop more than 65,536
+ * never waits, but a producer thread that finds the loop more than 4,096
  * events behind gives its CPU away (sched_yield, at most once per 1,024
  * tickets; the
  * yields counter counts it) so that a loop sharing cores with producers can

@@ -61,7 +61,7 @@
                                 * looks if nothing was freed) */
 #define UVQ__SPIN_NS 200000u   /* or spins up to this long, see uvq__full */
 #define UVQ__PUBLISH_MAX 64u  /* bounded: the loop publishes room this often */
-#define UVQ__BEHIND_DEPTH 65536u /* unbounded: a producer this far ahead */
+#define UVQ__BEHIND_DEPTH 4096u /* unbounded: a producer this far ahead */
 #define UVQ__BEHIND_EVERY 1024u  /* looks once per this many tickets */
 #define UVQ__NEVER UINT64_MAX /* look_at_, high_at_: no state word is */
 

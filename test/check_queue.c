@@ -1858,12 +1858,12 @@ END_TEST
 /* -- a loop far behind ------------------------------------------------- */
 
 /* An unbounded queue never waits, but a producer thread that finds the loop
- * more than 65,536 events behind gives its CPU away, on one ticket in 1,024.
+ * more than 4,096 events behind gives its CPU away, on one ticket in 1,024.
  * The loop does not run until the producer is done, so nothing is removed
  * and the count is exact: it looks at tickets 0, 1,024, 2,048 ... of
- * 0..69,999, and yields at 66,560, 67,584, 68,608 and 69,632. */
+ * 0..8,199, and yields at 5,120, 6,144, 7,168 and 8,192. */
 START_TEST(queue_producer_yields_when_the_loop_is_far_behind) {
-  enum { N = 70000 };
+  enum { N = 8200 };
   uvq_queue_options_t o;
   producer_t prods[1];
   uvq_queue_stats_t st;
