@@ -14,7 +14,39 @@
  *   uv_run(NOWAIT) with or without an idle handle keeping the loop awake,
  *   a "drain" (run until the model says nothing is left, which must be
  *   enough: a lost wakeup fails here), stop drain, stop discard, ref, unref,
- *   stats, and "in the next process callback do X" (enqueue, stop, unref).
+ *   stats, and "in the next process callback do X" (enqueue, stop, unref,
+ *   and, for the face below, write, forward, close).
+ *
+ * The queue's sink face (uvq_queue_sink) takes the bytes of the two stop
+ * opcodes whose top bit is clear (no-ops before it was modelled; bits 4..6,
+ * plus 8 for the discard stop's, choose one of 16): a writer writes its
+ * current event (a new one, or the same again: one event may sit in the
+ * queue several times, also written from inside a process callback, which
+ * may forward the event it was given) and drops its reference when it
+ * likes; registers a ready callback (one that does nothing, or one that
+ * offers the current event again; another upstream gets UVQ_EBUSY) or
+ * detaches it; and closes the face. Every event is reference-counted
+ * (uvq_event_init with a release function); for those written through the
+ * face the model counts the references: the writer's, one per carrier
+ * queued, and the process callback's (it gets the event itself, with the
+ * carrier's reference, and drops it). It predicts uvq_event_refs after
+ * every step and the moment the release function runs: at the writer's
+ * unref, at the callback's, or inside the enqueue whose UVQ_DROP_OLDEST
+ * victim was the last carrier. A discarded carrier goes without a
+ * callback of ours unless it held the last reference: the model takes
+ * such discards off its FIFO in order when a later release shows them,
+ * otherwise by the queue's discarded counter after the pass. A face write
+ * returns what try_enqueue would, but UVQ_EAGAIN for a full UVQ_BLOCK
+ * queue, and UVQ_ECLOSED once the face or the queue closed (a UVQ_DROP_NEW
+ * drop is a 0). The ready callback runs only after UVQ_EAGAIN, never
+ * inside a write, at the end of a pass that took events off the queue
+ * since (or the pass whose process callback heard UVQ_EAGAIN), or from the
+ * face's close, whichever comes first; such a pass or close must call it
+ * (nobody is told when no callback is registered). Closing
+ * the face stops the queue in drain mode, as a first stop without a close
+ * callback (a later stop's callback is ignored); the face's close callback
+ * runs once, inside the queue's close and just before the queue's own
+ * callback if it has one, and that of a second close never.
  *
  * Everything runs on the loop thread, so the model is exact: a FIFO array
  * with the same policy rules. It predicts every return code (including
@@ -27,15 +59,25 @@
  * (the loop's look, at the start or the end of a pass: a depth reached
  * only inside a pass and gone by its end is not reported), "below" only at
  * low_water or less, neither after a stop; and after a drain (not stopped)
- * the last one said "below" and the depth did not reach high_water since.
- * At the end the
- * queue is stopped and the loop run to completion: every event was refused
- * (still the caller's), delivered or released, exactly once, and
- * uv_loop_close() returns 0. Any disagreement aborts with a message.
+ * the last one said "below" and the depth did not reach high_water since
+ * (as the loop sees it: between runs, and what a run leaves; a callback
+ * that writes twice can take it higher inside a pass, unreported).
+ * At the end the writer lets go, the queue is stopped and the loop run to
+ * completion: every event was refused (still the caller's), delivered or
+ * released, exactly once, every event written through the face released
+ * with no reference left, and uv_loop_close() returns 0. Any disagreement
+ * aborts with a message.
  *
- * Not modelled: the queue's sink face (uvq_queue_sink), whose carriers are
- * covered by test/check_faults.c. The channel and the broadcaster have
- * harnesses of their own (fuzz_channel.c, fuzz_broadcast.c).
+ * Two rules of docs/sinks.md the face broke until the model found them: a
+ * face closed after its queue closed runs its close callback at once (the
+ * queue's close had marked it done, and the callback never ran), and a
+ * face closed while its writer waits after UVQ_EAGAIN calls ready from its
+ * close, once (it waited for the next pass that took events off).
+ *
+ * Not modelled: sink-fed queues (uvq_queue_init_sink) and UVQ_ENOMEM from
+ * the face (covered by test/check_faults.c). The channel and the
+ * broadcaster have harnesses of their own (fuzz_channel.c,
+ * fuzz_broadcast.c).
  *
  * Build and run: .ci/fuzz.sh (clang -fsanitize=fuzzer,address,undefined).
  */
@@ -48,18 +90,24 @@
 #include "uvq.h"
 #include "model.h"
 
+
 enum { E_CALLER = 0, E_QUEUED, E_DELIVERED, E_RELEASED };
 
 typedef struct {
   uvq_event_t ev;
   unsigned id;
   int state;
+  /* written through the face: the model's count of its references */
+  int face;
+  unsigned refs;   /* what uvq_event_refs must say */
+  unsigned queued; /* carriers of it in the FIFO */
+  int writer;      /* the writer holds one */
+  int due;         /* its last reference goes in the call being made */
 } fev_t;
 
-#define FEV(e) ((fev_t*) ((char*) (e) - offsetof(fev_t, ev)))
-
 enum { POLICY_BLOCK, POLICY_FAIL, POLICY_DROP_NEW, POLICY_DROP_OLDEST };
-enum { CB_NONE, CB_ENQUEUE, CB_STOP_DRAIN, CB_STOP_DISCARD, CB_UNREF };
+enum { CB_NONE, CB_ENQUEUE, CB_STOP_DRAIN, CB_STOP_DISCARD, CB_UNREF,
+       CB_FACE_WRITE, CB_FACE_FORWARD, CB_FACE_CLOSE };
 enum { REL_NONE, REL_NEW, REL_HEAD, REL_DISCARD };
 
 static struct {
@@ -74,11 +122,14 @@ static struct {
   fev_t* evs;
   unsigned nevs, next_ev;
   /* the model */
-  unsigned* fifo;
+  unsigned* fifo; /* event ids; a face event once per carrier */
+  unsigned fifo_cap;
   unsigned head, tail; /* fifo[head..tail) are queued, oldest first */
   uint64_t accepted, delivered, dropped_new, dropped_oldest, discarded;
   uint64_t max_depth_seen;
   int stopped, discard, closed, refd;
+  int qcb;     /* the first stop gave the queue's close callback */
+  int qcb_due; /* the face's close callback ran: the queue's is next */
   int cb_action;
   int expect_release;  /* what a release callback may be now */
   unsigned expect_new; /* REL_NEW: which event */
@@ -88,12 +139,22 @@ static struct {
   int wm;
   size_t high, low;
   int above;     /* the last callback said "above" */
-  uint64_t peak; /* the highest depth since the last callback */
+  uint64_t peak; /* the highest depth the loop saw since the last one */
   /* The depth a producer or uvq_queue_stats sees counts what the loop
    * removed up to its last publish: inside a pass it may still count
    * events the pass delivered, at most those of the current uv_run. */
   uint64_t run_delivered;
   uint64_t peak_seen; /* the highest such depth since the last callback */
+  /* the face */
+  fev_t* cur;        /* the writer's current event (it holds a reference) */
+  void* ready_arg;   /* the registered ready callback's (NULL: none) */
+  int ready_tags[2]; /* its args: [0] does nothing, [1] writes cur again */
+  int waiting;       /* a write got UVQ_EAGAIN, no ready since */
+  int wait_in_pass;  /* ... inside a process callback of the current pass */
+  uint64_t wait_removed; /* events taken off the queue since */
+  int ready_in_close;    /* the face's close says ready */
+  int face_closing, face_closed, face_close_now;
+  int in_process, in_write, in_run;
 } m;
 
 #define CHECK(c) MODEL_CHECK(c, m.op)
@@ -105,10 +166,40 @@ static unsigned depth(void) {
 static void note_depth(void) {
   if (depth() > m.max_depth_seen)
     m.max_depth_seen = depth();
-  if (depth() > m.peak)
+  /* Inside a run, callbacks that write twice can take the depth above
+   * what the pass began with, and the pass may take it down again before
+   * the loop looks: only what a run leaves behind must be reported. */
+  if (!m.in_run && depth() > m.peak)
     m.peak = depth();
   if (depth() + m.run_delivered > m.peak_seen)
     m.peak_seen = depth() + m.run_delivered;
+}
+
+static void fifo_push(unsigned id) {
+  if (m.tail == m.fifo_cap) {
+    m.fifo_cap *= 2;
+    m.fifo = realloc(m.fifo, m.fifo_cap * sizeof(*m.fifo));
+    CHECK(m.fifo != NULL);
+  }
+  m.fifo[m.tail++] = id;
+}
+
+static fev_t* fifo_head(void) {
+  return &m.evs[m.fifo[m.head]];
+}
+
+/* The harness's event an event pointer from the library is, or abort. */
+static fev_t* lookup(uvq_event_t* ev) {
+  uintptr_t p = (uintptr_t) ev;
+  uintptr_t base = (uintptr_t) &m.evs[0].ev;
+  CHECK(p >= base && (p - base) % sizeof(fev_t) == 0 &&
+        (p - base) / sizeof(fev_t) < m.next_ev);
+  return &m.evs[(p - base) / sizeof(fev_t)];
+}
+
+/* An event left the queue (delivered or discarded): room, for the face. */
+static void removed_one(void) {
+  m.wait_removed++;
 }
 
 static void on_mark(uvq_queue_t* q, int above) {
@@ -124,8 +215,51 @@ static void on_mark(uvq_queue_t* q, int above) {
   m.peak_seen = depth() + m.run_delivered;
 }
 
-/* Every release, whichever path it took. */
-static void on_release(fev_t* e) {
+/* A discard the library made without a callback of ours: the carrier at
+ * the head of the FIFO went, and its reference with it. */
+static fev_t* discard_carrier(void) {
+  fev_t* c;
+  CHECK(m.discard && depth() > 0);
+  c = fifo_head();
+  CHECK(c->face); /* a plain event is discarded with a release callback */
+  CHECK(c->queued > 0 && c->refs > 0);
+  m.head++;
+  m.discarded++;
+  c->queued--;
+  c->refs--;
+  removed_one();
+  return c;
+}
+
+/* The counts of the events whose carriers the model just took off. */
+static void check_refs_since(unsigned from) {
+  for (; from < m.head; from++) {
+    fev_t* c = &m.evs[m.fifo[from]];
+    CHECK(uvq_event_refs(&c->ev) == c->refs);
+  }
+}
+
+/* After a pass: the discarded counter tells how many carriers went that
+ * nothing showed us. None of them took its event's last reference (that
+ * release would have shown it). */
+static void reconcile(void) {
+  uvq_queue_stats_t st;
+  unsigned from = m.head;
+  CHECK(uvq_queue_stats(&m.q, &st) == 0);
+  CHECK(st.discarded >= m.discarded);
+  while (st.discarded > m.discarded) {
+    fev_t* c = discard_carrier();
+    CHECK(c->refs > 0 && c->state != E_RELEASED);
+  }
+  check_refs_since(from);
+}
+
+/* Every release of a plain event, whichever path it took. */
+static void on_release(fev_t* e, int by_unref) {
+  unsigned from;
+  CHECK(!e->face);
+  /* uvq_event_unref took the count to 0; opts.release leaves it alone */
+  CHECK(uvq_event_refs(&e->ev) == (by_unref ? 0u : 1u));
   CHECK(e->state == E_QUEUED || m.expect_release == REL_NEW);
   switch (m.expect_release) {
   case REL_NEW:
@@ -138,9 +272,17 @@ static void on_release(fev_t* e) {
     m.dropped_oldest++;
     break;
   case REL_DISCARD:
+    /* carriers ahead of it went first, without a word */
+    from = m.head;
+    while (m.discard && depth() > 0 && fifo_head()->face) {
+      fev_t* c = discard_carrier();
+      CHECK(c->refs > 0); /* else its release would have come first */
+    }
+    check_refs_since(from);
     CHECK(m.discard && depth() > 0 && m.fifo[m.head] == e->id);
     m.head++;
     m.discarded++;
+    removed_one();
     break;
   default:
     CHECK(!"a release nobody expected");
@@ -149,13 +291,37 @@ static void on_release(fev_t* e) {
   m.released_now++;
 }
 
+/* The release function of a face event: its last reference went. */
+static void on_face_release(fev_t* e) {
+  CHECK(e->state != E_RELEASED);
+  CHECK(uvq_event_refs(&e->ev) == 0);
+  if (e->due) {
+    e->due = 0; /* the model said so for this very call */
+  } else {
+    /* A discard pass: its carriers went, and those ahead of them. */
+    unsigned from = m.head;
+    CHECK(m.expect_release == REL_DISCARD && m.discard && !e->writer);
+    while (e->refs > 0) {
+      fev_t* c = discard_carrier();
+      CHECK(c == e || c->refs > 0); /* else that release came first */
+    }
+    check_refs_since(from);
+  }
+  CHECK(e->refs == 0 && e->queued == 0 && !e->writer);
+  e->state = E_RELEASED;
+}
+
 static void ev_release_cb(uvq_event_t* ev) {
-  on_release(FEV(ev));
+  fev_t* e = lookup(ev);
+  if (e->face)
+    on_face_release(e);
+  else
+    on_release(e, 1);
 }
 
 static void q_release_cb(uvq_queue_t* q, uvq_event_t* ev) {
   CHECK(q == &m.q);
-  on_release(FEV(ev));
+  on_release(lookup(ev), 0); /* never a face event: carriers are unref'd */
 }
 
 static fev_t* new_event(void) {
@@ -167,6 +333,33 @@ static fev_t* new_event(void) {
   e->state = E_CALLER;
   uvq_event_init(&e->ev, ev_release_cb);
   return e;
+}
+
+/* UVQ_DROP_OLDEST makes room by releasing the head. A plain event comes
+ * back through a release callback (REL_HEAD); a carrier goes without one,
+ * and its reference with it: the model takes it off here (*victim), its
+ * event's release due in the call if that was the last reference. Returns
+ * the release a callback may bring during the call. */
+static int take_victim(int drop, fev_t** victim) {
+  fev_t* c;
+  *victim = NULL;
+  if (drop != REL_HEAD || !fifo_head()->face)
+    return drop;
+  c = fifo_head();
+  m.head++;
+  m.dropped_oldest++;
+  c->queued--;
+  c->refs--;
+  c->due = c->refs == 0;
+  *victim = c;
+  return REL_NONE;
+}
+
+static void check_victim(fev_t* c) {
+  if (c == NULL)
+    return;
+  CHECK(!c->due); /* its release ran in the call, if it was due */
+  CHECK(uvq_event_refs(&c->ev) == c->refs);
 }
 
 /* -- enqueue: what the model expects, and the call ------------------------ */
@@ -196,6 +389,7 @@ static int expected_rc(int kind, int* drop) {
 
 static void do_enqueue(int kind) {
   fev_t* e = new_event();
+  fev_t* victim = NULL;
   int drop, want, rc;
   int outer_release = m.expect_release; /* we may be inside a run */
   unsigned outer_new = m.expect_new;
@@ -203,7 +397,7 @@ static void do_enqueue(int kind) {
   if (e == NULL)
     return;
   want = expected_rc(kind, &drop);
-  m.expect_release = drop;
+  m.expect_release = want == 0 ? take_victim(drop, &victim) : drop;
   m.expect_new = e->id;
   m.released_now = 0;
   switch (kind) {
@@ -226,16 +420,189 @@ static void do_enqueue(int kind) {
     fprintf(stderr, "enqueue kind %d: got %d (%s), model %d (%s)\n", kind, rc,
             uvq_err_name(rc), want, uvq_err_name(want));
   CHECK(rc == want);
-  CHECK(m.released_now == (drop != REL_NONE));
+  CHECK(m.released_now == (drop != REL_NONE && victim == NULL));
   m.released_now = outer_released;
+  check_victim(victim);
   if (rc != 0)
     return; /* refused: still the caller's, nothing happened */
   if (drop == REL_NEW)
     return; /* released inside the call, counted in dropped_new */
-  m.fifo[m.tail++] = e->id;
+  fifo_push(e->id);
   e->state = E_QUEUED;
   m.accepted++;
   note_depth();
+}
+
+/* -- the face: writes, the writer's reference, ready, close --------------- */
+
+static uvq_sink_t* face(void) {
+  uvq_sink_t* s = uvq_queue_sink(&m.q);
+  CHECK(s != NULL && s == uvq_queue_sink(&m.q));
+  return s;
+}
+
+/* The writer's current event; a new one when it has none (NULL when the
+ * input's events are used up). */
+static fev_t* writer_event(void) {
+  fev_t* e;
+  if (m.cur != NULL)
+    return m.cur;
+  e = new_event();
+  if (e == NULL)
+    return NULL;
+  e->face = 1;
+  e->refs = 1;
+  e->writer = 1;
+  m.cur = e;
+  return e;
+}
+
+/* The writer lets go of its reference: the release runs now, and only
+ * now, if that was the last. */
+static void writer_drop(void) {
+  fev_t* e = m.cur;
+  if (e == NULL)
+    return;
+  m.cur = NULL;
+  CHECK(e->writer && uvq_event_refs(&e->ev) == e->refs);
+  e->writer = 0;
+  e->refs--;
+  e->due = e->refs == 0;
+  uvq_event_unref(&e->ev);
+  CHECK(!e->due); /* the last reference: released in the call */
+  CHECK(e->refs == 0 || e->state != E_RELEASED);
+  CHECK(uvq_event_refs(&e->ev) == e->refs);
+}
+
+/* uvq_sink_write(uvq_queue_sink(q), e): e is borrowed (its holder, the
+ * writer or the process callback, keeps its reference); the queue takes
+ * one more in a carrier, which it gives back on any refusal. */
+static void face_write(fev_t* e) {
+  fev_t* victim = NULL;
+  int drop = REL_NONE, want, rc;
+  int outer_release = m.expect_release;
+  int outer_released = m.released_now;
+  int outer_write = m.in_write;
+  if (e == NULL)
+    return;
+  CHECK(e->face && e->refs > 0 && e->state != E_RELEASED);
+  if (m.face_closing || m.closed) {
+    want = UVQ_ECLOSED;
+  } else {
+    want = expected_rc(K_TRY, &drop);
+    if (want == UVQ_EFULL && m.policy == POLICY_BLOCK)
+      want = UVQ_EAGAIN;
+  }
+  if (want == 0 && drop != REL_NEW)
+    e->refs++; /* the carrier's, taken before a victim goes */
+  m.expect_release = want == 0 ? take_victim(drop, &victim) : REL_NONE;
+  m.released_now = 0;
+  m.in_write = 1;
+  rc = uvq_sink_write(face(), &e->ev);
+  m.in_write = outer_write;
+  m.expect_release = outer_release;
+  if (rc != want)
+    fprintf(stderr, "face write: got %d (%s), model %d (%s)\n", rc,
+            uvq_err_name(rc), want, uvq_err_name(want));
+  CHECK(rc == want);
+  CHECK(m.released_now == (drop == REL_HEAD && victim == NULL));
+  m.released_now = outer_released;
+  check_victim(victim);
+  CHECK(uvq_event_refs(&e->ev) == e->refs);
+  if (rc == UVQ_EAGAIN) {
+    if (!m.waiting) { /* the first "again" since the last ready */
+      m.waiting = 1;
+      m.wait_in_pass = 0;
+      m.wait_removed = 0;
+    }
+    if (m.in_process)
+      m.wait_in_pass = 1; /* this pass took one: ready at its end */
+    return;
+  }
+  if (rc != 0)
+    return; /* refused, nothing taken */
+  if (drop == REL_NEW) {
+    m.dropped_new++; /* the carrier went in the call, its reference too */
+    return;
+  }
+  fifo_push(e->id);
+  e->queued++;
+  m.accepted++;
+  note_depth();
+}
+
+static void on_ready(uvq_sink_t* s, void* arg) {
+  CHECK(s == face());
+  CHECK(arg != NULL && arg == m.ready_arg);
+  CHECK(!m.in_write); /* never inside the write that said "again" */
+  CHECK(m.waiting);   /* only after UVQ_EAGAIN */
+  if (m.ready_in_close) {
+    m.ready_in_close = 0;
+  } else {
+    /* at the end of a pass that took events off the queue since (or the
+     * pass whose process callback heard "again") */
+    reconcile();
+    CHECK(!m.in_process && (m.wait_in_pass || m.wait_removed > 0));
+  }
+  m.waiting = 0;
+  if (arg == &m.ready_tags[1] && m.cur != NULL)
+    face_write(m.cur); /* offer it again */
+}
+
+static void do_set_ready(void* arg) {
+  int want = arg != NULL && m.ready_arg != NULL && m.ready_arg != arg
+      ? UVQ_EBUSY : 0; /* one upstream */
+  CHECK(uvq_sink_set_ready_cb(face(), arg != NULL ? on_ready : NULL, arg) ==
+        want);
+  if (want == 0)
+    m.ready_arg = arg;
+}
+
+static void on_face_close(uvq_sink_t* s) {
+  CHECK(s == face());
+  CHECK(m.face_closing && !m.face_closed);
+  m.face_closed = 1;
+  if (m.face_close_now)
+    return; /* the queue had closed: at once */
+  /* Inside the queue's close, just before its callback (if it has one). */
+  CHECK(m.stopped && !m.closed);
+  CHECK(uvq_queue_ref(&m.q) == UVQ_ECLOSED);
+  reconcile();
+  CHECK(depth() == 0);
+  m.closed = 1;
+  m.qcb_due = m.qcb;
+}
+
+static void on_face_close_again(uvq_sink_t* s) {
+  (void) s;
+  CHECK(!"the close callback of a second uvq_sink_close");
+}
+
+static void do_face_close(void) {
+  CHECK(uvq_sink_is_closed(face()) == m.face_closing);
+  if (m.face_closing) { /* a second close does nothing */
+    CHECK(uvq_sink_close(face(), on_face_close_again) == 0);
+    return;
+  }
+  if (m.closed) {
+    m.face_closing = 1;
+    m.face_close_now = 1;
+    CHECK(uvq_sink_close(face(), on_face_close) == 0);
+    m.face_close_now = 0;
+    CHECK(m.face_closed); /* "cb runs once when complete": at once */
+    return;
+  }
+  m.face_closing = 1;
+  if (!m.stopped)
+    m.qcb = 0; /* a stop without a close callback */
+  m.stopped = 1; /* drain; a discard asked before stays */
+  m.refd = 1;
+  m.ready_in_close = m.waiting && m.ready_arg != NULL;
+  CHECK(uvq_sink_close(face(), on_face_close) == 0);
+  CHECK(!m.ready_in_close); /* sinks.md: ready once from its close */
+  m.waiting = 0; /* said, to nobody if no one is registered */
+  CHECK(!m.face_closed);    /* it completes with the queue's close */
+  CHECK(uvq_sink_is_closed(face()) == 1);
 }
 
 /* -- callbacks ------------------------------------------------------------ */
@@ -244,22 +611,39 @@ static void do_stop(int discard);
 
 static void on_close(uvq_queue_t* q) {
   CHECK(q == &m.q);
-  CHECK(!m.closed && m.stopped && depth() == 0);
+  CHECK(m.qcb); /* the first stop's callback; none when the face's */
+  reconcile();
+  CHECK(m.stopped && depth() == 0);
+  if (m.face_closing)
+    CHECK(m.face_closed && m.qcb_due && m.closed); /* just before us */
+  else
+    CHECK(!m.closed);
+  m.qcb = 0; /* once */
+  m.qcb_due = 0;
   m.closed = 1;
 }
 
 static void on_process(uvq_queue_t* q, uvq_event_t* ev) {
-  fev_t* e = FEV(ev);
+  fev_t* e = lookup(ev);
   int action = m.cb_action;
   CHECK(q == &m.q);
   CHECK(!m.closed);
   CHECK(!m.discard); /* once discard is asked, nothing more is delivered */
-  CHECK(e->state == E_QUEUED && depth() > 0 && m.fifo[m.head] == e->id);
+  CHECK(depth() > 0 && m.fifo[m.head] == e->id);
+  if (e->face) {
+    /* the event itself, not its carrier, with the carrier's reference */
+    CHECK(e->queued > 0 && uvq_event_refs(ev) == e->refs);
+    e->queued--;
+  } else {
+    CHECK(e->state == E_QUEUED && uvq_event_refs(ev) == 1);
+    e->state = E_DELIVERED;
+  }
   m.head++;
   m.delivered++;
   m.run_delivered++;
-  e->state = E_DELIVERED;
+  removed_one();
   m.cb_action = CB_NONE;
+  m.in_process = 1;
   switch (action) {
   case CB_ENQUEUE:
     do_enqueue(K_TRY);
@@ -274,8 +658,28 @@ static void on_process(uvq_queue_t* q, uvq_event_t* ev) {
     CHECK(uvq_queue_unref(q) == 0);
     m.refd = 0;
     break;
+  case CB_FACE_WRITE: /* twice: the second may hear "again" */
+    face_write(writer_event());
+    face_write(writer_event());
+    break;
+  case CB_FACE_FORWARD:
+    /* the event we were given, through the face again (while we hold it) */
+    face_write(e->face ? e : writer_event());
+    break;
+  case CB_FACE_CLOSE:
+    do_face_close();
+    break;
   default:
     break;
+  }
+  m.in_process = 0;
+  if (e->face) { /* the callback drops its reference */
+    e->refs--;
+    e->due = e->refs == 0;
+    uvq_event_unref(ev);
+    CHECK(!e->due);
+    CHECK(e->refs == 0 || e->state != E_RELEASED);
+    CHECK(uvq_event_refs(ev) == e->refs);
   }
 }
 
@@ -286,6 +690,8 @@ static void do_stop(int discard) {
                        on_close) == 0);
   if (m.closed)
     return; /* harmless, changes nothing */
+  if (!m.stopped)
+    m.qcb = 1; /* a later stop's callback is ignored */
   m.stopped = 1;
   if (discard)
     m.discard = 1;
@@ -295,20 +701,43 @@ static void idle_cb(uv_idle_t* h) {
   (void) h;
 }
 
-static void run_awake(void) {
-  uv_idle_start(&m.idle, idle_cb);
+/* After a uv_run: discards nothing showed, and a ready that must have
+ * come. */
+static void after_run(void) {
+  m.in_run = 0;
+  if (depth() > m.peak)
+    m.peak = depth(); /* what the last pass left, seen at its end */
+  reconcile();
+  CHECK(!m.qcb_due); /* the queue's callback follows the face's */
+  if (m.waiting && (m.wait_in_pass || m.wait_removed > 0)) {
+    /* a pass took events off since "again": it said ready at its end */
+    CHECK(m.ready_arg == NULL);
+    m.waiting = 0; /* to nobody */
+  }
+}
+
+static void run_nowait(void) {
   m.run_delivered = 0;
   m.expect_release = REL_DISCARD;
+  m.in_run = 1;
   CHECK(uv_run(&m.loop, UV_RUN_NOWAIT) >= 0);
   m.expect_release = REL_NONE;
+  after_run();
+}
+
+static void run_awake(void) {
+  uv_idle_start(&m.idle, idle_cb);
+  run_nowait();
   uv_idle_stop(&m.idle);
 }
 
 /* Run until the model says the queue is empty (and closed if stopped). A
- * pass takes at most batch events; a few more turns than that is plenty. */
+ * pass takes at most batch events; a few more turns than that is plenty
+ * (one more per event accepted meanwhile, by the callbacks). */
 static void do_drain(void) {
+  uint64_t accepted = m.accepted;
   unsigned turns = depth() / m.batch + 3, i;
-  for (i = 0; i < turns; i++) {
+  for (i = 0; i < turns + (m.accepted - accepted); i++) {
     /* Done once empty, with "below" said if "above" was: a producer that
      * saw high_water during the pass that emptied the queue (counting
      * what it delivered) gets no "above" for it. */
@@ -349,6 +778,57 @@ static void do_ref(int ref) {
     m.refd = ref;
 }
 
+/* The face's operations: the stop opcodes' bytes with the top bit clear,
+ * k = 0..15 (bits 4..6, and 8 for the discard stop's). */
+static void do_face(unsigned k) {
+  unsigned j;
+  switch (k) {
+  case 0:
+  case 12:
+    writer_drop(); /* a new event: the writer lets go of the last one */
+    face_write(writer_event());
+    break;
+  case 1:
+  case 11:
+  case 13:
+    face_write(writer_event()); /* the same again (new if none) */
+    break;
+  case 2:
+  case 14:
+    writer_drop();
+    break;
+  case 3:
+    do_set_ready(&m.ready_tags[0]);
+    break;
+  case 4:
+    do_set_ready(&m.ready_tags[1]); /* writes the current event again */
+    break;
+  case 5:
+    do_set_ready(NULL);
+    break;
+  case 6:
+    do_face_close();
+    break;
+  case 7:
+    m.cb_action = CB_FACE_FORWARD;
+    break;
+  case 8:
+    m.cb_action = CB_FACE_WRITE;
+    break;
+  case 9:
+    m.cb_action = CB_FACE_CLOSE;
+    break;
+  case 10:
+    for (j = 0; j < 3; j++)
+      face_write(writer_event());
+    break;
+  default:
+    face_write(writer_event()); /* write, then let go: the usual writer */
+    writer_drop();
+    break;
+  }
+}
+
 /* -- the harness ---------------------------------------------------------- */
 
 int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
@@ -381,8 +861,9 @@ int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
     o.watermark = on_mark;
   }
   m.nevs = (unsigned) size;
+  m.fifo_cap = (unsigned) size;
   m.evs = calloc(m.nevs, sizeof(*m.evs));
-  m.fifo = calloc(m.nevs, sizeof(*m.fifo));
+  m.fifo = calloc(m.fifo_cap, sizeof(*m.fifo));
   CHECK(m.evs != NULL && m.fifo != NULL);
   CHECK(uv_loop_init(&m.loop) == 0);
   CHECK(uv_idle_init(&m.loop, &m.idle) == 0);
@@ -412,10 +893,7 @@ int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
       break;
     case 7:
       /* plain NOWAIT: may do nothing when the queue is unreferenced */
-      m.run_delivered = 0;
-      m.expect_release = REL_DISCARD;
-      CHECK(uv_run(&m.loop, UV_RUN_NOWAIT) >= 0);
-      m.expect_release = REL_NONE;
+      run_nowait();
       break;
     case 8:
       do_drain();
@@ -423,10 +901,14 @@ int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
     case 9:
       if (b & 0x80) /* rarer than enqueues */
         do_stop(0);
+      else
+        do_face(b >> 4);
       break;
     case 10:
       if (b & 0x80)
         do_stop(1);
+      else
+        do_face(8 + (b >> 4));
       break;
     case 11:
       do_ref(1);
@@ -448,8 +930,10 @@ int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
     }
   }
 
-  /* The end: stop, reference the queue so the loop runs until it closed. */
+  /* The end: the writer lets go, stop, reference the queue so the loop
+   * runs until it closed. */
   m.op = size;
+  writer_drop();
   do_stats();
   do_stop((data[3] >> 1) & 1);
   if (!m.closed)
@@ -457,12 +941,22 @@ int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
   m.cb_action = CB_NONE;
   m.expect_release = REL_DISCARD;
   uv_close((uv_handle_t*) &m.idle, NULL);
+  m.in_run = 1;
   CHECK(uv_run(&m.loop, UV_RUN_DEFAULT) == 0);
   m.expect_release = REL_NONE;
+  after_run();
   CHECK(m.closed);
   CHECK(depth() == 0);
-  for (j = 0; j < m.next_ev; j++)
-    CHECK(m.evs[j].state != E_QUEUED);
+  CHECK(!m.waiting); /* "again" was followed by room, and ready */
+  CHECK(!m.face_closing || m.face_closed);
+  for (j = 0; j < m.next_ev; j++) {
+    fev_t* e = &m.evs[j];
+    if (e->face)
+      CHECK(e->state == E_RELEASED && e->refs == 0 &&
+            uvq_event_refs(&e->ev) == 0);
+    else
+      CHECK(e->state != E_QUEUED);
+  }
   CHECK(m.accepted == m.delivered + m.dropped_oldest + m.discarded);
   CHECK(uv_loop_close(&m.loop) == 0);
   free(m.evs);

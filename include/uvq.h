@@ -542,8 +542,13 @@ UVQ_EXTERN int uvq_queue_init_sink(uv_loop_t* loop, uvq_queue_t* q,
  * that holds a reference to the event: this is the one enqueue path that
  * allocates. Write returns 0; UVQ_ENOMEM; UVQ_ECLOSED once the queue
  * stops; UVQ_EAGAIN when a UVQ_BLOCK queue is full (it calls
- * uvq_sink_ready() when room frees); UVQ_EFULL when a UVQ_FAIL queue is
- * full. The sink's close callback runs just before the queue's.
+ * uvq_sink_ready() at the end of the next pass that takes events off, or
+ * from the sink's close, whichever comes first); UVQ_EFULL when a
+ * UVQ_FAIL queue is full. Closing the sink is the queue's stop (drain
+ * mode, no queue close callback; a later uvq_queue_stop's callback is
+ * ignored, as for any second stop), and the sink's close callback runs
+ * just before the queue's would; once the queue has closed, closing the
+ * sink completes at once (while q's memory is still there).
  * Delivery: a queue feeding a sink writes the original event; a queue with
  * a process callback passes it the original event together with one
  * reference, which the callback owns and drops with uvq_event_unref().

@@ -662,7 +662,10 @@ static void uvq__on_close(uv_handle_t* handle) {
   UVQ__STORE(&q->phase_, UVQ__CLOSED_PHASE, release);
   uv_cond_destroy(&q->cond_);
   uv_mutex_destroy(&q->lock_);
-  uvq_sink_closed(&q->face_); /* no-op unless the face was being closed */
+  /* A face being closed completes with us; one never closed stays open,
+   * and a later close completes at once (uvq__face_close). */
+  if (q->face_.state_ == UVQ__SINK_CLOSING)
+    uvq_sink_closed(&q->face_);
   if (cb != NULL)
     cb(q); /* last: the user may free q here */
 }
@@ -1144,6 +1147,12 @@ static void uvq__face_close(uvq_sink_t* face) {
   }
   /* uvq__on_close completes the face's close. */
   uvq_queue_stop(q, UVQ_STOP_DRAIN, NULL);
+  if (q->face_waiting_) {
+    /* The writer waits for the ready its "again" promised: send it now
+     * (sinks.md), so that its retry learns UVQ_ECLOSED at once. */
+    q->face_waiting_ = 0;
+    uvq_sink_ready(face);
+  }
 }
 
 static const uvq_sink_vtable_t uvq__face_vtable = {

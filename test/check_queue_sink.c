@@ -726,6 +726,81 @@ START_TEST(queue_as_sink_full_fail_queue_returns_efull) {
 }
 END_TEST
 
+static unsigned face_closes;
+
+static void face_close_cb(uvq_sink_t* s) {
+  (void) s;
+  face_closes++;
+}
+
+/* The face closed while its writer waits after UVQ_EAGAIN: the close says
+ * ready at once (sinks.md), and the retry learns UVQ_ECLOSED; nothing of
+ * what was taken is lost. (The ready used to wait for the next pass.) */
+START_TEST(queue_as_sink_closed_while_its_writer_waits_says_ready) {
+  uvq_queue_options_t o = {.capacity = 2, .overflow = UVQ_BLOCK};
+  uvq_queue_t q;
+  test_sink_t ts;
+  item_t* items = make_items(3, 0);
+  uvq_sink_t* face;
+
+  face_ready_calls = 0;
+  face_closes = 0;
+  test_sink_init(&ts);
+  ck_assert_int_eq(uvq_queue_init_sink(&loop, &q, &ts.sink, &o), 0);
+  face = uvq_queue_sink(&q);
+  ck_assert_int_eq(uvq_sink_set_ready_cb(face, face_ready, NULL), 0);
+  ck_assert_int_eq(uvq_sink_write(face, &items[0].ev), 0);
+  ck_assert_int_eq(uvq_sink_write(face, &items[1].ev), 0);
+  ck_assert_int_eq(uvq_sink_write(face, &items[2].ev), UVQ_EAGAIN);
+  ck_assert_int_eq(uvq_sink_close(face, face_close_cb), 0);
+  ck_assert_uint_eq(face_ready_calls, 1); /* from the close, not a pass */
+  ck_assert_int_eq(uvq_sink_write(face, &items[2].ev), UVQ_ECLOSED);
+  ck_assert_uint_eq(face_closes, 0); /* with the queue's close */
+  ck_assert_int_eq(uv_run(&loop, UV_RUN_DEFAULT), 0);
+  ck_assert_uint_eq(face_ready_calls, 1); /* once */
+  ck_assert_uint_eq(face_closes, 1);
+  ck_assert_uint_eq(ts.taken, 2);
+  ck_assert_uint_eq(sink_closed, 1);
+  for (unsigned i = 0; i < 3; i++)
+    uvq_event_unref(&items[i].ev);
+  ck_assert_uint_eq(released, 3);
+  free(items);
+  uvq_test_loop_done(&loop);
+}
+END_TEST
+
+/* The queue closed (stopped and its close callback ran) before anyone
+ * closed its face: the face is still open, writes to it return
+ * UVQ_ECLOSED, and closing it runs its callback at once. (The queue's
+ * close used to mark it done, and the callback never ran.) */
+START_TEST(queue_as_sink_closed_after_its_queue_runs_its_callback) {
+  uvq_queue_t q;
+  test_sink_t ts;
+  item_t* items = make_items(1, 0);
+  uvq_sink_t* face;
+
+  face_closes = 0;
+  test_sink_init(&ts);
+  ck_assert_int_eq(uvq_queue_init_sink(&loop, &q, &ts.sink, NULL), 0);
+  face = uvq_queue_sink(&q);
+  ck_assert_int_eq(uvq_queue_stop(&q, UVQ_STOP_DRAIN, on_queue_closed), 0);
+  ck_assert_int_eq(uv_run(&loop, UV_RUN_DEFAULT), 0);
+  ck_assert_uint_eq(queue_closed, 1);
+  ck_assert_int_eq(uvq_sink_is_closed(face), 0);
+  ck_assert_int_eq(uvq_sink_write(face, &items[0].ev), UVQ_ECLOSED);
+  ck_assert_uint_eq(uvq_event_refs(&items[0].ev), 1);
+  ck_assert_int_eq(uvq_sink_close(face, face_close_cb), 0);
+  ck_assert_uint_eq(face_closes, 1); /* at once */
+  ck_assert_int_eq(uvq_sink_is_closed(face), 1);
+  ck_assert_int_eq(uvq_sink_close(face, face_close_cb), 0);
+  ck_assert_uint_eq(face_closes, 1); /* a second close does nothing */
+  uvq_event_unref(&items[0].ev);
+  ck_assert_uint_eq(released, 1);
+  free(items);
+  uvq_test_loop_done(&loop);
+}
+END_TEST
+
 START_TEST(queue_init_sink_rejects_bad_sinks) {
   uvq_queue_t q, q2;
   test_sink_t ts;
@@ -764,6 +839,8 @@ Suite* queue_sink_suite(void) {
   tcase_add_test(tc, queue_as_sink_shares_one_event_between_queues);
   tcase_add_test(tc, queue_as_sink_full_block_queue_says_again_then_ready);
   tcase_add_test(tc, queue_as_sink_full_fail_queue_returns_efull);
+  tcase_add_test(tc, queue_as_sink_closed_while_its_writer_waits_says_ready);
+  tcase_add_test(tc, queue_as_sink_closed_after_its_queue_runs_its_callback);
   tcase_add_test(tc, queue_init_sink_rejects_bad_sinks);
   suite_add_tcase(s, tc);
   return s;
