@@ -659,22 +659,34 @@ static void face_ready(uvq_sink_t* s, void* arg) {
   face_ready_calls++;
 }
 
-START_TEST(queue_as_sink_full_block_queue_says_again_then_ready) {
+/* A UVQ_BLOCK queue of capacity 2 feeding ts, its face with face_ready
+ * registered, written items[0] and [1] (taken) and items[2] (UVQ_EAGAIN,
+ * not taken). Returns the face. */
+static uvq_sink_t* face_full_with_a_waiting_writer(uvq_queue_t* q,
+                                                   test_sink_t* ts,
+                                                   item_t* items) {
   uvq_queue_options_t o = {.capacity = 2, .overflow = UVQ_BLOCK};
-  uvq_queue_t q;
-  test_sink_t ts;
-  item_t* items = make_items(3, 0);
   uvq_sink_t* face;
 
   face_ready_calls = 0;
-  test_sink_init(&ts);
-  ck_assert_int_eq(uvq_queue_init_sink(&loop, &q, &ts.sink, &o), 0);
-  face = uvq_queue_sink(&q);
+  test_sink_init(ts);
+  ck_assert_int_eq(uvq_queue_init_sink(&loop, q, &ts->sink, &o), 0);
+  face = uvq_queue_sink(q);
   ck_assert_int_eq(uvq_sink_set_ready_cb(face, face_ready, NULL), 0);
   ck_assert_int_eq(uvq_sink_write(face, &items[0].ev), 0);
   ck_assert_int_eq(uvq_sink_write(face, &items[1].ev), 0);
   ck_assert_int_eq(uvq_sink_write(face, &items[2].ev), UVQ_EAGAIN);
   ck_assert_uint_eq(uvq_event_refs(&items[2].ev), 1); /* not taken */
+  return face;
+}
+
+START_TEST(queue_as_sink_full_block_queue_says_again_then_ready) {
+  uvq_queue_t q;
+  test_sink_t ts;
+  item_t* items = make_items(3, 0);
+  uvq_sink_t* face = face_full_with_a_waiting_writer(&q, &ts, items);
+
+  ck_assert_uint_eq(face_ready_calls, 0);
   ck_assert_int_eq(uv_run(&loop, UV_RUN_NOWAIT), 1);
   ck_assert_uint_eq(face_ready_calls, 1);
   ck_assert_int_eq(uvq_sink_write(face, &items[2].ev), 0);
@@ -737,21 +749,13 @@ static void face_close_cb(uvq_sink_t* s) {
  * ready at once (sinks.md), and the retry learns UVQ_ECLOSED; nothing of
  * what was taken is lost. (The ready used to wait for the next pass.) */
 START_TEST(queue_as_sink_closed_while_its_writer_waits_says_ready) {
-  uvq_queue_options_t o = {.capacity = 2, .overflow = UVQ_BLOCK};
   uvq_queue_t q;
   test_sink_t ts;
   item_t* items = make_items(3, 0);
-  uvq_sink_t* face;
+  uvq_sink_t* face = face_full_with_a_waiting_writer(&q, &ts, items);
 
-  face_ready_calls = 0;
   face_closes = 0;
-  test_sink_init(&ts);
-  ck_assert_int_eq(uvq_queue_init_sink(&loop, &q, &ts.sink, &o), 0);
-  face = uvq_queue_sink(&q);
-  ck_assert_int_eq(uvq_sink_set_ready_cb(face, face_ready, NULL), 0);
-  ck_assert_int_eq(uvq_sink_write(face, &items[0].ev), 0);
-  ck_assert_int_eq(uvq_sink_write(face, &items[1].ev), 0);
-  ck_assert_int_eq(uvq_sink_write(face, &items[2].ev), UVQ_EAGAIN);
+  ck_assert_uint_eq(face_ready_calls, 0);
   ck_assert_int_eq(uvq_sink_close(face, face_close_cb), 0);
   ck_assert_uint_eq(face_ready_calls, 1); /* from the close, not a pass */
   ck_assert_int_eq(uvq_sink_write(face, &items[2].ev), UVQ_ECLOSED);
