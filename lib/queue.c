@@ -790,6 +790,14 @@ static UVQ__NOINLINE uvq_event_t* uvq__pop_in_flight(uvq_queue_t* q,
   return uvq__pop_any(q);
 }
 
+/* The face's writer, told UVQ_EAGAIN, may write again (if it waits). */
+static void uvq__face_ready(uvq_queue_t* q) {
+  if (!q->face_waiting_)
+    return;
+  q->face_waiting_ = 0;
+  uvq_sink_ready(&q->face_);
+}
+
 /* Tell producers blocked for room that there may be some. */
 static void uvq__wake_waiters(uvq_queue_t* q) {
   if (atomic_load(&q->inside_) == 0)
@@ -1010,6 +1018,7 @@ static UVQ__HOT void uvq__drain(uvq_queue_t* q) {
   uint64_t removed = atomic_load(&q->removed_);
   uint64_t accepted = UVQ__COUNT(atomic_load(&q->state_));
   uvq__pass_t p = {0, 0, 0, 0};
+  uint64_t depth;
   uint64_t n = 0;
   int paused = 0;
 
@@ -1020,7 +1029,8 @@ static UVQ__HOT void uvq__drain(uvq_queue_t* q) {
     p.on_sink_thread = uvq__sink_on_thread(q->sink_);
   if (stop_count != UVQ__UNPUBLISHED)
     accepted = stop_count;
-  uvq__note_depth(q, accepted - removed);
+  depth = accepted - removed;
+  uvq__note_depth(q, depth);
   if (UVQ__UNLIKELY(q->watermark_ != NULL) && stop_count == UVQ__UNPUBLISHED)
     uvq__watch(q, removed);
 
@@ -1049,7 +1059,6 @@ static UVQ__HOT void uvq__drain(uvq_queue_t* q) {
      * writing as the loop read them: one producer, 2 cores 67 ns apart,
      * interleaved A/B runs 33.6 -> 65.3 M events/s unbounded and 26.6 ->
      * 51.8 M bounded (docs/bench.md). */
-    uint64_t depth = accepted - removed;
     uint64_t limit = depth < q->batch_ ? depth : q->batch_;
     /* Two copies of one loop: the sink's has uvq__to_sink inlined, the
      * callback's tests nothing per event to tell the two apart. */
@@ -1067,10 +1076,7 @@ static UVQ__HOT void uvq__drain(uvq_queue_t* q) {
     atomic_store(&q->removed_, removed + n); /* seq_cst: pairs with inside_ */
   if (n != 0 && bounded) {
     uvq__wake_waiters(q);
-    if (q->face_waiting_) {
-      q->face_waiting_ = 0;
-      uvq_sink_ready(&q->face_); /* may write into us again: fine */
-    }
+    uvq__face_ready(q); /* may write into us again: fine */
   }
 
   /* What next: close, sleep, or run again after the loop had its turn. */
@@ -1147,12 +1153,9 @@ static void uvq__face_close(uvq_sink_t* face) {
   }
   /* uvq__on_close completes the face's close. */
   uvq_queue_stop(q, UVQ_STOP_DRAIN, NULL);
-  if (q->face_waiting_) {
-    /* The writer waits for the ready its "again" promised: send it now
-     * (sinks.md), so that its retry learns UVQ_ECLOSED at once. */
-    q->face_waiting_ = 0;
-    uvq_sink_ready(face);
-  }
+  /* A writer waiting after "again" hears it now (sinks.md): its retry
+   * learns UVQ_ECLOSED at once. */
+  uvq__face_ready(q);
 }
 
 static const uvq_sink_vtable_t uvq__face_vtable = {

@@ -18,9 +18,9 @@
  *
  * proceed() decides each wait: it is called before an event's first
  * attempt and right after each failure that is retried (not before an
- * attempt that follows dst's ready or the end of a wait). A retry always goes through the timer, a 0
- * wait as 1 ms (see uvq__retry_arm), so a strategy that never waits cannot
- * spin the loop.
+ * attempt that follows dst's ready or the end of a wait). A retry always
+ * goes through the timer, a 0 wait as 1 ms (see uvq__retry_arm), so a
+ * strategy that never waits cannot spin the loop.
  *
  * Close may be requested from inside the wrapped sink's write; it then only
  * sets a flag and runs when that write returned. The close stops the timer,
@@ -153,18 +153,27 @@ static void uvq__retry_finish_close(uvq_retry_t* r) {
   uvq__retry_close_done(r);
 }
 
+/* An attempt that closed us from inside dst's write: 1 when dst took ev
+ * (success told), 0 otherwise; a failure is counted, never retried. */
+static int uvq__retry_closed_outcome(uvq_retry_t* r, uvq_event_t* ev,
+                                     int err) {
+  if (err == 0) {
+    uvq__retry_success(r, ev);
+    return 1;
+  }
+  if (err != UVQ_EAGAIN && err != UVQ_ECLOSED)
+    r->stats_.failures++;
+  return 0;
+}
+
 /* Try the pending event again (its backoff ended, or dst became ready). */
 static void uvq__retry_again(uvq_retry_t* r) {
   uvq_event_t* ev = r->pending_;
   int err = uvq__retry_attempt(r, ev);
 
   if (r->flags_ & UVQ__R_CLOSING) {
-    if (err == 0) {
-      uvq__retry_success(r, ev);
+    if (uvq__retry_closed_outcome(r, ev, err))
       uvq__retry_release(r);
-    } else if (err != UVQ_EAGAIN && err != UVQ_ECLOSED) {
-      r->stats_.failures++; /* a failure all the same, never retried */
-    }
     uvq__retry_finish_close(r); /* drops the event if still pending */
     return;
   }
@@ -234,12 +243,8 @@ static int uvq__retry_write(uvq_sink_t* sink, uvq_event_t* ev) {
   if (r->flags_ & UVQ__R_CLOSING) {
     /* Closed from inside dst's write. The close completes on a later loop
      * iteration (uv_close), so r stays valid here. */
-    if (err == 0) {
-      uvq__retry_success(r, ev);
+    if (uvq__retry_closed_outcome(r, ev, err))
       r->stats_.written++;
-    } else if (err != UVQ_EAGAIN && err != UVQ_ECLOSED) {
-      r->stats_.failures++;
-    }
     uvq__retry_finish_close(r);
     return err == 0 ? 0 : UVQ_ECLOSED;
   }
