@@ -353,7 +353,7 @@ typedef struct {
   uint64_t depth;          /* queued now (enqueued minus removed; never
                             * above a bounded queue's capacity) */
   uint64_t max_depth;      /* highest depth seen at the start of a pass */
-  uint64_t wakeups;        /* uv_async_send calls that woke a sleeping loop */
+  uint64_t wakeups;        /* wakeups sent to the sleeping loop */
   uint64_t passes;         /* drain callbacks run */
   uint64_t yields;         /* unbounded: a producer gave its CPU away, the
                             * loop being > 4,096 events behind */

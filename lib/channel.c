@@ -202,7 +202,7 @@ static void uvq__notify_sink(uvq_channel_t* ch) {
     return;
   w = atomic_fetch_and(&ch->send_waiters_, ~UVQ__CH_SINK_WANTS);
   if ((w & UVQ__CH_SINK_WANTS) && ch->sink_ != NULL)
-    uv_async_send(&ch->sink_->async_);
+    uvq__async_send(&ch->sink_->async_);
 }
 
 /* After a send: wake a sleeping receiver, if one should be. */

@@ -61,6 +61,12 @@ enum {
   UVQ__CLOSED_PHASE = 2
 };
 
+/* Wake the loop of `handle` (any thread), as uv_async_send, but on libuv
+ * 1.44 without the window in which its loop thread spins on a half-sent
+ * handle (lib/wake.c). uvq__direct_wake() says whether that path is used. */
+void uvq__async_send(uv_async_t* handle);
+int uvq__direct_wake(void);
+
 /* 1 when the caller runs on thread t. On Unix uv_thread_t is pthread_t;
  * calling pthread directly saves two calls through libuv on paths that check
  * it per event. */

@@ -5,7 +5,7 @@
  *   state += ONE  (one atomic add: closed?      async_cb: pop up to `batch`
  *                  capacity? count, wake?)        events from head_, deliver,
  *   tail_ = xchg(tail_, ev); prev->next_ = ev    publish removed_; then sleep
- *   if the loop sleeps: uv_async_send            (set ASLEEP) or re-arm.
+ *   if the loop sleeps: uvq__async_send          (set ASLEEP) or re-arm.
  *
  * The list is Dmitry Vyukov's intrusive MPSC queue: the link lives in the
  * event, a push is one exchange plus one store, a pop touches only the
@@ -138,7 +138,7 @@ static UVQ__NOINLINE UVQ__HOT int uvq__push_and_wake(uvq_queue_t* q,
   old = atomic_fetch_and(&q->state_, ~UVQ__ASLEEP);
   if (old & UVQ__ASLEEP) {
     atomic_fetch_add_explicit(&q->wakeups_, 1, memory_order_relaxed);
-    uv_async_send(&q->async_);
+    uvq__async_send(&q->async_);
   }
   atomic_fetch_sub(&q->inside_, 1);
   return 0; /* the enqueue's result: callers reach us by a tail call */
@@ -259,14 +259,15 @@ static UVQ__NOINLINE int uvq__look(uvq_queue_t* q, uvq_event_t* ev,
     /* As uvq__push_and_wake: after our link we still touch the queue. */
     atomic_fetch_add(&q->inside_, 1);
     uvq__push(q, ev);
-    /* uv_async_send begins with a plain read of its pending flag, which
-     * the loop clears before the pass that reads high_at_: without a full
-     * fence a weakly ordered core may read the flag before our disarm is
-     * visible, see it still set and skip the send (store buffering). The
+    /* A wake (uvq__async_send, like uv_async_send) begins with a plain
+     * read of the handle's pending flag, which the loop clears before the
+     * pass that reads high_at_: without a full fence a weakly ordered core
+     * may read the flag before our disarm is visible, see it still set and
+     * skip the send (store buffering). The
      * ASLEEP wake needs none: it acquired the loop's ASLEEP store, made
      * after the flag was cleared. */
     atomic_thread_fence(memory_order_seq_cst);
-    uv_async_send(&q->async_);
+    uvq__async_send(&q->async_);
     atomic_fetch_sub(&q->inside_, 1);
     return 0;
   }
@@ -645,7 +646,7 @@ int uvq_queue_stop(uvq_queue_t* q, uvq_stop_mode_t mode,
   uv_cond_broadcast(&q->cond_);
   uv_mutex_unlock(&q->lock_);
   atomic_thread_fence(memory_order_seq_cst); /* see uvq__look's wake */
-  uv_async_send(&q->async_);
+  uvq__async_send(&q->async_);
   uvq__leave(q);
   return 0;
 }
@@ -736,7 +737,7 @@ static void uvq__dst_ready(uvq_sink_t* dst, void* arg) {
   (void) dst;
   q->held_waits_ = 0; /* the sink's loop thread is ours: no race */
   if (UVQ__LOAD(&q->phase_, relaxed) == UVQ__RUNNING)
-    uv_async_send(&q->async_);
+    uvq__async_send(&q->async_);
 }
 
 static UVQ__NOINLINE uvq_event_t* uvq__pop_locked(uvq_queue_t* q) {
@@ -840,7 +841,7 @@ static void uvq__rearm(uvq_queue_t* q, uint64_t removed) {
   depth = UVQ__COUNT(atomic_load(&q->state_)) - removed;
   if (depth >= q->high_water_ &&
       atomic_compare_exchange_strong(&q->high_at_, &armed, UVQ__NEVER))
-    uv_async_send(&q->async_);
+    uvq__async_send(&q->async_);
 }
 
 /* Watermarks (loop thread, never after a stop request): above once the
@@ -1101,7 +1102,7 @@ static UVQ__HOT void uvq__drain(uvq_queue_t* q) {
       atomic_store(&q->phase_, UVQ__RUNNING); /* someone is still inside */
     }
     if (!paused)
-      uv_async_send(&q->async_);
+      uvq__async_send(&q->async_);
     return; /* paused: the sink's ready (or a discard stop) wakes us */
   }
   if (paused)
@@ -1119,7 +1120,7 @@ static UVQ__HOT void uvq__drain(uvq_queue_t* q) {
     return;
   /* More accepted than removed (what a full batch left, or a producer
    * between its ticket and its link): come back after the loop's turn. */
-  uv_async_send(&q->async_);
+  uvq__async_send(&q->async_);
 }
 
 /* -- the queue as a sink --------------------------------------------------- */

@@ -1,0 +1,81 @@
+/* Waking a loop through its uv_async_t, without libuv 1.44's busy window.
+ *
+ * libuv 1.44 (Debian bookworm's) marks the handle busy (pending = 1) before
+ * it writes the loop's wakeup fd and done (pending = 2) after; the loop
+ * thread, in uv__async_io, tries to take a done handle 997 times with a
+ * `pause` between tries and then yields, for as long as it finds one busy.
+ * The write itself makes the kernel run the woken loop thread, often at
+ * once and on the sender's own core: the sender is then stopped between
+ * its write and its "done", and the loop spins out its 997 pauses (31 us
+ * on the AMD EPYC host of docs/bench.md) before the sender may finish.
+ * At a paced load that is 2 to 5 in every 100 wakeups, and it is the p99
+ * of every transport that calls uv_async_send (docs/design.md, section 3).
+ * libuv 1.45 (pull request 3879) no longer spins there.
+ *
+ * So where the libuv we run against is 1.44 (the version whose protocol
+ * this was written against and tested with), a wake marks the handle done
+ * first and writes after, the same fields and the same write as
+ * uv_async_send but in the other order: the loop never sees the handle
+ * busy. The loop's side is unchanged (it takes a done handle, runs its
+ * callback), and so is what a sender may touch after the loop could have
+ * closed the handle: the loop's fd, never the handle (callers keep the
+ * loop from closing the handle while they are inside, as they did for
+ * uv_async_send). Everywhere else: uv_async_send. */
+#include <errno.h>
+#include <stdint.h>
+#include <stdlib.h>
+#include <unistd.h>
+
+#include "internal.h"
+
+/* The header we build against must describe 1.44's private fields. */
+#if defined(__linux__) && UV_VERSION_HEX >= 0x012c00 && UV_VERSION_HEX < 0x012d00
+# define UVQ__DIRECT_WAKE 1
+#endif
+
+int uvq__direct_wake(void) {
+#ifdef UVQ__DIRECT_WAKE
+  unsigned v = uv_version(); /* the library we run against */
+  return v >= 0x012c00 && v < 0x012d00;
+#else
+  return 0;
+#endif
+}
+
+void uvq__async_send(uv_async_t* handle) {
+#ifdef UVQ__DIRECT_WAKE
+  if (uvq__direct_wake()) {
+    uv_loop_t* loop = handle->loop;
+    int idle = 0;
+    int fd;
+    ssize_t r;
+
+    /* 0: not pending. Anything else: a wake is under way or taken
+     * by nobody yet, and its write wakes the loop for us too. */
+    if (__atomic_load_n(&handle->pending, __ATOMIC_RELAXED) != 0)
+      return;
+    if (!__atomic_compare_exchange_n(&handle->pending, &idle, 2, 0,
+                                     __ATOMIC_SEQ_CST, __ATOMIC_RELAXED))
+      return;
+    /* From here on the loop may take the handle and run the callback
+     * before our write; the write then costs it one empty turn. */
+    fd = loop->async_wfd;
+    if (fd == -1) {
+      static const uint64_t one = 1;
+      do
+        r = write(loop->async_io_watcher.fd, &one, sizeof(one));
+      while (r == -1 && errno == EINTR);
+    } else {
+      do
+        r = write(fd, "", 1);
+      while (r == -1 && errno == EINTR);
+    }
+    /* EAGAIN: the fd is full, so the loop is awake anyway. Any other
+     * failure is one uv_async_send aborts on too: the loop is gone. */
+    if (r == -1 && errno != EAGAIN && errno != EWOULDBLOCK)
+      abort();
+    return;
+  }
+#endif
+  uv_async_send(handle);
+}
