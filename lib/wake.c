@@ -17,10 +17,13 @@
  * first and writes after, the same fields and the same write as
  * uv_async_send but in the other order: the loop never sees the handle
  * busy. The loop's side is unchanged (it takes a done handle, runs its
- * callback), and so is what a sender may touch after the loop could have
- * closed the handle: the loop's fd, never the handle (callers keep the
- * loop from closing the handle while they are inside, as they did for
- * uv_async_send). Everywhere else: uv_async_send. */
+ * callback). After its swap a sender touches the loop's fd, never the
+ * handle; but libuv's close of the handle, which waits for a busy flag,
+ * no longer waits for it, so callers must keep the loop from closing the
+ * handle while they are inside (as uvq's do: inside_ in lib/queue.c, the
+ * lock in lib/channel.c). Only uvq's handles wake this way: libuv's own
+ * (the threadpool's) and the user's still use uv_async_send and its
+ * window. Everywhere else: uv_async_send. */
 #include <errno.h>
 #include <stdint.h>
 #include <stdlib.h>

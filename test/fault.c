@@ -9,6 +9,7 @@
  * checking still sees every block.
  */
 #include <dlfcn.h>
+#include <link.h>
 #include <sched.h>
 #include <errno.h>
 #include <pthread.h>
@@ -17,6 +18,8 @@
 #include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
+
+#include <uv.h>
 
 #include "fault.h"
 
@@ -125,6 +128,10 @@ int uvq_yield_count_available(const char** why) {
 }
 
 unsigned long uvq_yield_count(void) {
+  return 0;
+}
+
+unsigned long uvq_yield_count_in_libuv(void) {
   return 0;
 }
 
@@ -360,9 +367,43 @@ int pthread_cond_destroy(pthread_cond_t* c) {
   return r;
 }
 
-/* sched_yield: counted per thread, then libc's. */
+/* sched_yield: counted per thread (and apart, those called from libuv:
+ * their caller lies in the object that holds uv_version, whose loaded
+ * range is looked up once), then libc's. */
 typedef int (*yield_fn)(void);
 static _Thread_local unsigned long yields_here;
+static _Thread_local unsigned long yields_in_libuv;
+static pthread_once_t libuv_once = PTHREAD_ONCE_INIT;
+static uintptr_t libuv_lo, libuv_hi;
+
+static int uvq__find_libuv(struct dl_phdr_info* info, size_t size,
+                           void* arg) {
+  uintptr_t want = (uintptr_t) arg, lo = UINTPTR_MAX, hi = 0;
+  int mine = 0;
+  ElfW(Half) i;
+  (void) size;
+  for (i = 0; i < info->dlpi_phnum; i++) {
+    const ElfW(Phdr)* ph = &info->dlpi_phdr[i];
+    uintptr_t a = info->dlpi_addr + ph->p_vaddr;
+    if (ph->p_type != PT_LOAD)
+      continue;
+    if (a < lo)
+      lo = a;
+    if (a + ph->p_memsz > hi)
+      hi = a + ph->p_memsz;
+    if (want >= a && want < a + ph->p_memsz)
+      mine = 1;
+  }
+  if (!mine)
+    return 0;
+  libuv_lo = lo;
+  libuv_hi = hi;
+  return 1;
+}
+
+static void uvq__find_libuv_once(void) {
+  dl_iterate_phdr(uvq__find_libuv, (void*) (uintptr_t) &uv_version);
+}
 
 int sched_yield(void) {
   static _Atomic(yield_fn) next;
@@ -372,6 +413,10 @@ int sched_yield(void) {
     atomic_store(&next, f);
   }
   yields_here++;
+  pthread_once(&libuv_once, uvq__find_libuv_once);
+  if ((uintptr_t) __builtin_return_address(0) - libuv_lo <
+      libuv_hi - libuv_lo)
+    yields_in_libuv++;
   return f();
 }
 
@@ -382,6 +427,10 @@ int uvq_yield_count_available(const char** why) {
 
 unsigned long uvq_yield_count(void) {
   return yields_here;
+}
+
+unsigned long uvq_yield_count_in_libuv(void) {
+  return yields_in_libuv;
 }
 
 #endif

@@ -67,6 +67,10 @@ uint64_t uvq_alloc_count_stop(void);
  * when they are counted; otherwise *why (when not NULL) says why not. */
 int uvq_yield_count_available(const char** why);
 unsigned long uvq_yield_count(void);
+/* Of those, the calls made from libuv's own code (its caller lies in the
+ * shared object that defines uv_version), such as libuv 1.44's yield in
+ * the loop's spin on a half-sent uv_async_t. */
+unsigned long uvq_yield_count_in_libuv(void);
 
 /* Live resources, process wide: blocks allocated and not freed, mutexes and
  * condition variables initialised and not destroyed (-1 each when untracked,
