@@ -263,9 +263,8 @@ static UVQ__NOINLINE int uvq__look(uvq_queue_t* q, uvq_event_t* ev,
      * read of the handle's pending flag, which the loop clears before the
      * pass that reads high_at_: without a full fence a weakly ordered core
      * may read the flag before our disarm is visible, see it still set and
-     * skip the send (store buffering). The
-     * ASLEEP wake needs none: it acquired the loop's ASLEEP store, made
-     * after the flag was cleared. */
+     * skip the send (store buffering). The ASLEEP wake needs none: it
+     * acquired the loop's ASLEEP store, made after the flag was cleared. */
     atomic_thread_fence(memory_order_seq_cst);
     uvq__async_send(&q->async_);
     atomic_fetch_sub(&q->inside_, 1);

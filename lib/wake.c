@@ -8,7 +8,7 @@
  * once and on the sender's own core: the sender is then stopped between
  * its write and its "done", and the loop spins out its 997 pauses (31 us
  * on the AMD EPYC host of docs/bench.md) before the sender may finish.
- * At a paced load that is 2 to 5 in every 100 wakeups, and it is the p99
+ * At a paced load that is a few wakeups in every 100, and it sets the p99
  * of every transport that calls uv_async_send (docs/design.md, section 3).
  * libuv 1.45 (pull request 3879) no longer spins there.
  *
