@@ -31,15 +31,20 @@
 
 #include "internal.h"
 
-/* The header we build against must describe 1.44's private fields. */
-#if defined(__linux__) && UV_VERSION_HEX >= 0x012c00 && UV_VERSION_HEX < 0x012d00
+/* The versions whose protocol this knows: 1.44.0 up to, not including,
+ * 1.45.0. The header we build against must be one (it describes their
+ * private fields), and so must the library we run against. */
+#define UVQ__WAKE_FROM 0x012c00
+#define UVQ__WAKE_UPTO 0x012d00
+#define UVQ__WAKE_KNOWN(v) ((v) >= UVQ__WAKE_FROM && (v) < UVQ__WAKE_UPTO)
+
+#if defined(__linux__) && UVQ__WAKE_KNOWN(UV_VERSION_HEX)
 # define UVQ__DIRECT_WAKE 1
 #endif
 
 int uvq__direct_wake(void) {
 #ifdef UVQ__DIRECT_WAKE
-  unsigned v = uv_version(); /* the library we run against */
-  return v >= 0x012c00 && v < 0x012d00;
+  return UVQ__WAKE_KNOWN(uv_version());
 #else
   return 0;
 #endif
