@@ -173,6 +173,11 @@ int64_t bench_mem_peak(void);
 /* The process's CPU time so far, user + system, every thread (seconds);
  * 0 when the system cannot tell. */
 double bench_cpu_seconds(void);
+/* The machine's CPU time so far, every CPU, in ticks of /proc/stat: *total
+ * all of it, *steal what the hypervisor gave to other guests while this
+ * one had work for the CPU. Returns 0, or -1 when the system cannot tell
+ * (not Linux, no /proc). */
+int bench_host_ticks(uint64_t* steal, uint64_t* total);
 
 /* Sort v (n values) and return the q-quantile (0..1) by nearest rank; 0 for
  * n == 0. */

@@ -133,6 +133,34 @@ int64_t bench_mem_peak(void) {
 #endif
 }
 
+int bench_host_ticks(uint64_t* steal, uint64_t* total) {
+#if defined(__linux__)
+  /* The first line of /proc/stat sums every CPU, in USER_HZ ticks: user
+   * nice system idle iowait irq softirq steal, then guest and guest_nice,
+   * which user and nice already include. */
+  unsigned long long v[8];
+  uint64_t sum = 0;
+  int i, n;
+  FILE* f = fopen("/proc/stat", "r");
+  if (f == NULL)
+    return -1;
+  n = fscanf(f, "cpu %llu %llu %llu %llu %llu %llu %llu %llu", &v[0], &v[1],
+             &v[2], &v[3], &v[4], &v[5], &v[6], &v[7]);
+  fclose(f);
+  if (n != 8)
+    return -1;
+  for (i = 0; i < 8; i++)
+    sum += v[i];
+  *steal = v[7];
+  *total = sum;
+  return 0;
+#else
+  (void) steal;
+  (void) total;
+  return -1;
+#endif
+}
+
 double bench_cpu_seconds(void) {
   uv_rusage_t ru;
   if (uv_getrusage(&ru) != 0)

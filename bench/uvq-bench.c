@@ -396,6 +396,9 @@ typedef struct {
   double paced_secs; /* summed duration of the paced runs */
   double paced_cpu;  /* and the process's CPU time during them */
   uint64_t paced_evs;
+  uint64_t paced_steal; /* ticks of /proc/stat during the paced runs: */
+  uint64_t paced_ticks; /* stolen by the hypervisor, and all of them */
+  double* rep_steal;    /* each paced repetition's stolen share (NAN: unknown) */
   /* derived */
   spread_t r;
   double wake_med, pass_med, kept_med;
@@ -610,13 +613,24 @@ static void run_queue(const opts_t* o, qcase_t* cases) {
         qcase_t* c = &cases[pi * PAT_COUNT + pat];
         qrun_cfg_t cfg;
         qrun_res_t res;
+        uint64_t steal0 = 0, ticks0 = 0, steal1, ticks1;
+        int have_ticks;
         saturated_cfg(o, pat, P, &cfg);
         cfg.events = o->paced_events;
         cfg.sample_every = 0; /* paced runs stamp every event */
         cfg.rate = o->rate;
         cfg.timer_slack = o->timer_slack;
+        have_ticks = bench_host_ticks(&steal0, &ticks0) == 0;
         if (bench_queue_run(&cfg, evs, &res) != 0)
           exit(2);
+        c->rep_steal[rep] = NAN;
+        if (have_ticks && bench_host_ticks(&steal1, &ticks1) == 0 &&
+            ticks1 > ticks0) {
+          c->paced_steal += steal1 - steal0;
+          c->paced_ticks += ticks1 - ticks0;
+          c->rep_steal[rep] =
+              (double) (steal1 - steal0) / (double) (ticks1 - ticks0);
+        }
         if (res.nlat != 0) {
           double q[3];
           quantiles(res.lat, res.nlat, q);
@@ -1092,6 +1106,7 @@ static void print_paired(const opts_t* o, qcase_t* cases) {
 static void print_queue(const opts_t* o, qcase_t* cases) {
   unsigned pi, k;
   char a[32], b[32], c1[32], d[48], e[48];
+  uint64_t all_steal = 0, all_ticks = 0;
 
   printf("\nQueue throughput at saturation: %llu events per run, median of "
          "%u runs [min - max];\nbounded modes: capacity %zu\n",
@@ -1135,14 +1150,15 @@ static void print_queue(const opts_t* o, qcase_t* cases) {
     printf("timer slack %lu ns\n", o->timer_slack);
   else
     printf("default timer slack\n");
-  printf("%-3s %-14s | %8s %8s %9s | %8s %8s %9s %8s %6s\n", "P", "pattern",
-         "p50", "p99", "p99.9", "p50", "p99", "p99.9", "samples", "cores");
+  printf("%-3s %-14s | %8s %8s %9s | %8s %8s %9s %8s %6s %6s\n", "P",
+         "pattern", "p50", "p99", "p99.9", "p50", "p99", "p99.9", "samples",
+         "cores", "steal");
   for (pi = 0; pi < o->nproducers; pi++) {
     for (k = 0; k < PAT_COUNT; k++) {
       qcase_t* c = &cases[pi * PAT_COUNT + k];
       if (!c->ran)
         continue;
-      char sat[40], paced[40], cores[16];
+      char sat[40], paced[40], cores[16], steal[16];
       if (c->nsat)
         snprintf(sat, sizeof(sat), "%8.1f %8.1f %9.1f", c->sat_q[0],
                  c->sat_q[1], c->sat_q[2]);
@@ -1157,14 +1173,30 @@ static void print_queue(const opts_t* o, qcase_t* cases) {
         snprintf(cores, sizeof(cores), "%6.2f", c->paced_cpu / c->paced_secs);
       else
         snprintf(cores, sizeof(cores), "%6s", "-");
-      printf("%-3u %-14s | %s | %s %8zu %s\n", c->producers,
-             bench_pattern_names[k], sat, paced, c->npaced, cores);
+      if (c->npaced && c->paced_ticks > 0)
+        snprintf(steal, sizeof(steal), "%5.1f%%",
+                 100.0 * (double) c->paced_steal / (double) c->paced_ticks);
+      else
+        snprintf(steal, sizeof(steal), "%6s", "-");
+      printf("%-3u %-14s | %s | %s %8zu %s %s\n", c->producers,
+             bench_pattern_names[k], sat, paced, c->npaced, cores, steal);
+      all_steal += c->paced_steal;
+      all_ticks += c->paced_ticks;
     }
   }
   if (o->paced_events != 0) {
     printf("cores: the process's CPU time over the wall time of the paced "
            "runs (every\nthread). uvq-poll: poll window %u us.\n",
            o->poll_us);
+    if (all_ticks > 0)
+      printf("steal: the share of the machine's CPU time (every CPU, from "
+             "/proc/stat) that\nthe hypervisor gave to others during the "
+             "case's paced runs; %.1f%% over all of\nthem. A vCPU taken "
+             "away stops whichever thread it runs, so the p99 and p99.9\n"
+             "there are the host's as much as the transport's.\n",
+             100.0 * (double) all_steal / (double) all_ticks);
+    else
+      printf("steal: not known on this system (no /proc/stat)\n");
     printf("\nPaced latency from each event's slot (its scheduled time), "
            "microseconds: the\nabove plus how late the producer stamped it "
            "(a sleep that ended late, a\ncore taken by another thread)\n");
@@ -1391,6 +1423,12 @@ static int write_json(const opts_t* o, qcase_t* qc, ccase_t* cc, bcase_t* bc,
         json_runs(f, c->rep_p99, o->paced_runs);
         fputs(", \"paced_cpu_cores\": ", f);
         json_num(f, c->paced_secs > 0 ? c->paced_cpu / c->paced_secs : NAN);
+        fputs(", \"paced_host_steal_share\": ", f);
+        json_num(f, c->paced_ticks > 0 ? (double) c->paced_steal /
+                                             (double) c->paced_ticks
+                                       : NAN);
+        fputs(", \"runs_paced_host_steal_share\": ", f);
+        json_runs(f, c->rep_steal, o->paced_runs);
       }
       if (c->have_lat_ratio) {
         fputs(", \"paced_vs_better_ref\": {", f);
@@ -1597,6 +1635,7 @@ int main(int argc, char** argv) {
       c->kept = runs_array(o.runs);
       c->rep_p50 = runs_array(o.paced_runs);
       c->rep_p99 = runs_array(o.paced_runs);
+      c->rep_steal = runs_array(o.paced_runs);
       c->peak_mem = -1;
     }
   }
@@ -1663,6 +1702,7 @@ int main(int argc, char** argv) {
     free(qc[i].paced_slot);
     free(qc[i].rep_p50);
     free(qc[i].rep_p99);
+    free(qc[i].rep_steal);
   }
   for (i = 0; i < o.nchan * CPAT_COUNT; i++)
     free(cc[i].rate);
