@@ -318,7 +318,8 @@ typedef struct {
    * wakeup (20 us or more on the machine of docs/bench.md), at the price of
    * the loop thread's core for the whole window: a steady stream closer
    * than the window keeps the loop thread busy. Other handles still run
-   * every turn. */
+   * every turn. Leave it 0 where the loop shares one CPU with the
+   * producers: polling keeps them off it (docs/queue.md). */
   unsigned poll_us;
   /* Watermarks, to pause the application's own sources while the queue is
    * deep, like a Node stream's highWaterMark and 'drain'. watermark NULL
@@ -387,6 +388,7 @@ struct uvq_queue_s {
   /* Slow-path line: blocked producers, stop requests, rare counters. */
   UVQ__ALIGNAS(UVQ__CACHELINE) UVQ__ATOMIC(unsigned) inside_;
   UVQ__ATOMIC(unsigned) spinning_; /* producers spinning for room */
+  UVQ__ATOMIC(int) waker_cpu_;     /* the CPU of the last ASLEEP wakeup */
   UVQ__ATOMIC(int) stop_mode_;
   UVQ__ATOMIC(uint64_t) stop_count_;
   UVQ__ATOMIC(uint64_t) dropped_new_;
@@ -408,6 +410,7 @@ struct uvq_queue_s {
   UVQ__ATOMIC(uint64_t) passes_;
   UVQ__ATOMIC(int) phase_;
   int flags_;
+  unsigned small_passes_; /* passes in a row that delivered a few events */
   unsigned publish_mask_; /* bounded: publish removed_ every mask+1 events */
   int open_handles_;   /* closing: handles whose close callback is due */
   uint64_t poll_ns_;   /* poll window (0: none, idle_ unused) */
