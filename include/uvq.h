@@ -410,7 +410,8 @@ struct uvq_queue_s {
   UVQ__ATOMIC(uint64_t) passes_;
   UVQ__ATOMIC(int) phase_;
   int flags_;
-  unsigned small_passes_; /* passes in a row that delivered a few events */
+  unsigned small_passes_; /* passes in a row that took a few events (where
+                           * the waker's CPU is unknown) */
   unsigned publish_mask_; /* bounded: publish removed_ every mask+1 events */
   int open_handles_;   /* closing: handles whose close callback is due */
   uint64_t poll_ns_;   /* poll window (0: none, idle_ unused) */

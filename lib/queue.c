@@ -990,6 +990,32 @@ static UVQ__INLINE uint64_t uvq__deliver(uvq_queue_t* q, uint64_t removed,
   return n;
 }
 
+/* After a pass that took n events: was it a small one woken by a producer
+ * on this very CPU (see uvq__drain)? Consumes the waker's mark, so that a
+ * wakeup costs at most one yield. Where the CPU is unknown, the 8th small
+ * pass in a row counts instead. */
+static int uvq__woken_from_here(uvq_queue_t* q, uint64_t n) {
+#if UVQ__KNOWS_CPU
+  int waker;
+  if (n > UVQ__SMALL_PASS)
+    return 0;
+  waker = UVQ__LOAD(&q->waker_cpu_, relaxed);
+  if (waker < 0 || waker != uvq__cpu())
+    return 0;
+  UVQ__STORE(&q->waker_cpu_, -1, relaxed);
+  return 1;
+#else
+  if (n > UVQ__SMALL_PASS) {
+    q->small_passes_ = 0;
+    return 0;
+  }
+  if (++q->small_passes_ < UVQ__SMALL_STREAK)
+    return 0;
+  q->small_passes_ = 0;
+  return 1;
+#endif
+}
+
 static UVQ__HOT void uvq__async_cb(uv_async_t* handle) {
   uvq__drain(UVQ__CONTAINER_OF(handle, uvq_queue_t, async_));
 }
@@ -1147,16 +1173,8 @@ static UVQ__HOT void uvq__drain(uvq_queue_t* q) {
    * another CPU (or one that went to sleep after its wakeup) costs no
    * yield. Where the waker's CPU is unknown, a run of small passes stands
    * in for it. */
-  if (n > UVQ__SMALL_PASS) {
-    q->small_passes_ = 0;
-  } else if (UVQ__KNOWS_CPU ? UVQ__LOAD(&q->waker_cpu_, relaxed) >= 0 &&
-                                  UVQ__LOAD(&q->waker_cpu_, relaxed) ==
-                                      uvq__cpu()
-                            : ++q->small_passes_ >= UVQ__SMALL_STREAK) {
-    q->small_passes_ = 0;
-    UVQ__STORE(&q->waker_cpu_, -1, relaxed); /* one yield per wakeup */
+  if (uvq__woken_from_here(q, n))
     sched_yield();
-  }
   if (uvq__sleep(q, removed))
     return;
   /* More accepted than removed (what a full batch left, or a producer
