@@ -178,6 +178,16 @@ double bench_cpu_seconds(void);
  * one had work for the CPU. Returns 0, or -1 when the system cannot tell
  * (not Linux, no /proc). */
 int bench_host_ticks(uint64_t* steal, uint64_t* total);
+/* How long one cache line takes to go from one CPU to another and back:
+ * two threads, pinned to the first two CPUs this process may run on, pass
+ * it rounds times; nanoseconds per round trip, and the two CPUs in *cpu_a,
+ * *cpu_b (either may be NULL). NAN when the system cannot tell (not
+ * Linux, fewer than two CPUs, a thread that cannot be started or pinned,
+ * or one that did not run for 200 ms). Under a hypervisor the figure is
+ * where the host runs the two vCPUs at that moment, which it may change
+ * at any time: on the machine of docs/bench.md it moved between about 75
+ * and 800 ns within seconds. */
+double bench_cross_cpu_rtt_ns(unsigned rounds, int* cpu_a, int* cpu_b);
 
 /* Sort v (n values) and return the q-quantile (0..1) by nearest rank; 0 for
  * n == 0. */

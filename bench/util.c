@@ -10,8 +10,12 @@
 #include <time.h>
 
 #if defined(__linux__)
+# include <pthread.h>
+# include <sched.h>
+# include <stdatomic.h>
 # include <sys/prctl.h>
 #endif
+#include <math.h>
 #if defined(__GLIBC__)
 # include <malloc.h>
 #endif
@@ -158,6 +162,120 @@ int bench_host_ticks(uint64_t* steal, uint64_t* total) {
   (void) steal;
   (void) total;
   return -1;
+#endif
+}
+
+#if defined(__linux__)
+/* Two threads, one per CPU, pass a counter back and forth on one cache
+ * line: each hand-over moves the line from one core's cache to the
+ * other's, so a round trip is two transfers. No pause in the spins: it
+ * would add its own latency, and the probe lasts milliseconds. */
+typedef struct {
+  _Alignas(64) atomic_uint ball; /* odd: the echo's turn, even: the timer's */
+  _Alignas(64) atomic_int ready; /* the echo is on its CPU */
+  atomic_int gave_up;            /* the timer stopped waiting */
+  unsigned rounds;
+  double ns; /* per round trip; NAN: gave up */
+} rtt_probe_t;
+
+/* After this long, the other thread is not running at all: give up rather
+ * than spin on (one usable CPU, or a vCPU the host took away). */
+# define RTT_PATIENCE_NS 200000000u
+
+static void* rtt_echo(void* arg) {
+  rtt_probe_t* t = arg;
+  unsigned i;
+  atomic_store(&t->ready, 1);
+  for (i = 0; i < t->rounds; i++) {
+    unsigned spins = 0;
+    while (atomic_load_explicit(&t->ball, memory_order_acquire) != 2 * i + 1)
+      if (++spins % 4096 == 0 && atomic_load(&t->gave_up))
+        return NULL;
+    atomic_store_explicit(&t->ball, 2 * i + 2, memory_order_release);
+  }
+  return NULL;
+}
+
+static void* rtt_timer(void* arg) {
+  rtt_probe_t* t = arg;
+  uint64_t start = uv_hrtime();
+  unsigned i;
+  while (!atomic_load(&t->ready))
+    if (uv_hrtime() - start > RTT_PATIENCE_NS)
+      goto give_up;
+  start = uv_hrtime();
+  for (i = 0; i < t->rounds; i++) {
+    unsigned spins = 0;
+    atomic_store_explicit(&t->ball, 2 * i + 1, memory_order_release);
+    while (atomic_load_explicit(&t->ball, memory_order_acquire) != 2 * i + 2)
+      if (++spins % 4096 == 0 && uv_hrtime() - start > RTT_PATIENCE_NS)
+        goto give_up;
+  }
+  t->ns = (double) (uv_hrtime() - start) / t->rounds;
+  return NULL;
+give_up:
+  atomic_store(&t->gave_up, 1);
+  return NULL;
+}
+
+/* Start fn on cpu (its affinity set before it runs). */
+static int rtt_start(pthread_t* th, int cpu, void* (*fn)(void*), void* arg) {
+  pthread_attr_t attr;
+  cpu_set_t set;
+  int e;
+  if (pthread_attr_init(&attr) != 0)
+    return -1;
+  CPU_ZERO(&set);
+  CPU_SET(cpu, &set);
+  e = pthread_attr_setaffinity_np(&attr, sizeof(set), &set);
+  if (e == 0)
+    e = pthread_create(th, &attr, fn, arg);
+  pthread_attr_destroy(&attr);
+  return e == 0 ? 0 : -1;
+}
+#endif
+
+double bench_cross_cpu_rtt_ns(unsigned rounds, int* cpu_a, int* cpu_b) {
+#if defined(__linux__)
+  static rtt_probe_t t; /* aligned lines; one probe at a time */
+  cpu_set_t mine;
+  pthread_t echo, timer;
+  int a = -1, b = -1, i;
+  if (rounds == 0 || sched_getaffinity(0, sizeof(mine), &mine) != 0)
+    return NAN;
+  for (i = 0; i < CPU_SETSIZE && b < 0; i++)
+    if (CPU_ISSET(i, &mine)) {
+      if (a < 0)
+        a = i;
+      else
+        b = i;
+    }
+  if (b < 0)
+    return NAN; /* one CPU: nothing to cross */
+  atomic_store(&t.ball, 0);
+  atomic_store(&t.ready, 0);
+  atomic_store(&t.gave_up, 0);
+  t.rounds = rounds;
+  t.ns = NAN;
+  if (rtt_start(&echo, b, rtt_echo, &t) != 0)
+    return NAN;
+  if (rtt_start(&timer, a, rtt_timer, &t) != 0) {
+    atomic_store(&t.gave_up, 1);
+    pthread_join(echo, NULL);
+    return NAN;
+  }
+  pthread_join(timer, NULL);
+  pthread_join(echo, NULL);
+  if (cpu_a != NULL)
+    *cpu_a = a;
+  if (cpu_b != NULL)
+    *cpu_b = b;
+  return t.ns;
+#else
+  (void) rounds;
+  (void) cpu_a;
+  (void) cpu_b;
+  return NAN;
 #endif
 }
 

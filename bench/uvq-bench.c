@@ -399,6 +399,8 @@ typedef struct {
   uint64_t paced_steal; /* ticks of /proc/stat during the paced runs: */
   uint64_t paced_ticks; /* stolen by the hypervisor, and all of them */
   double* rep_steal;    /* each paced repetition's stolen share (NAN: unknown) */
+  double* rtt;          /* the cross-CPU round trip (ns) just before each
+                         * saturated repetition (NAN: unknown) */
   /* derived */
   spread_t r;
   double wake_med, pass_med, kept_med;
@@ -438,6 +440,10 @@ typedef struct {
 } target_t;
 
 static uint64_t g_violations;
+/* The cross-CPU probe before each saturated queue repetition: round trips
+ * per probe (a few milliseconds at most here), and the two CPUs it used. */
+#define RTT_ROUNDS 4000u
+static int g_rtt_cpu[2] = {-1, -1};
 
 static spread_t spread(const double* v, unsigned n) {
   spread_t s;
@@ -449,6 +455,26 @@ static spread_t spread(const double* v, unsigned n) {
   s.med = bench_median(tmp, k);
   bench_minmax(tmp, k, &s.min, &s.max);
   free(tmp);
+  return s;
+}
+
+/* Every saturated queue repetition's cross-CPU round trip, pooled; *n how
+ * many were measured (0: none, the figures are then 0). */
+static spread_t pooled_rtt(const opts_t* o, const qcase_t* cases,
+                           unsigned* n) {
+  unsigned total = o->nproducers * PAT_COUNT * o->runs;
+  double* all = malloc((total ? total : 1) * sizeof(*all));
+  unsigned i, rep, k = 0;
+  spread_t s;
+  if (all == NULL)
+    exit(2);
+  for (i = 0; i < o->nproducers * PAT_COUNT; i++)
+    for (rep = 0; cases[i].ran && rep < o->runs; rep++)
+      if (cases[i].rtt[rep] > 0)
+        all[k++] = cases[i].rtt[rep];
+  s = spread(all, k);
+  free(all);
+  *n = k;
   return s;
 }
 
@@ -583,6 +609,8 @@ static void run_queue(const opts_t* o, qcase_t* cases) {
         qrun_cfg_t cfg;
         qrun_res_t res;
         saturated_cfg(o, pat, P, &cfg);
+        c->rtt[rep] = bench_cross_cpu_rtt_ns(RTT_ROUNDS, &g_rtt_cpu[0],
+                                             &g_rtt_cpu[1]);
         if (bench_queue_run(&cfg, evs, &res) != 0)
           exit(2);
         c->ran = 1;
@@ -1136,6 +1164,20 @@ static void print_queue(const opts_t* o, qcase_t* cases) {
                "rest\n", "", 100 * c->kept_med);
     }
   }
+  {
+    unsigned n;
+    spread_t rtt = pooled_rtt(o, cases, &n);
+    if (n == 0)
+      printf("cross-CPU round trip: not known here (needs Linux and two "
+             "CPUs)\n");
+    else
+      printf("cross-CPU round trip of one cache line (CPU %d <-> CPU %d, "
+             "just before each run):\nmedian %.0f ns [%.0f - %.0f] over %u "
+             "runs. Every hand-over moves lines between\nthe cores, so the "
+             "events/s follow it; under a hypervisor it is where the host\n"
+             "runs the vCPUs at that moment (per run in the JSON).\n",
+             g_rtt_cpu[0], g_rtt_cpu[1], rtt.med, rtt.min, rtt.max, n);
+  }
   if (o->paced_events == 0 && o->sample_every == 0)
     return;
   printf("\nQueue latency, enqueue -> delivery, microseconds (pooled over "
@@ -1365,6 +1407,14 @@ static int write_json(const opts_t* o, qcase_t* qc, ccase_t* cc, bcase_t* bc,
   json_str(f, __VERSION__);
 #endif
   fputs("},\n", f);
+  if (o->do_queue) {
+    unsigned n;
+    spread_t rtt = pooled_rtt(o, qc, &n);
+    fprintf(f, "  \"cross_cpu_rtt\": {\"cpus\": [%d, %d], \"runs\": %u, ",
+            g_rtt_cpu[0], g_rtt_cpu[1], n);
+    json_spread(f, "ns", rtt);
+    fputs("},\n", f);
+  }
   fprintf(f, "  \"config\": {\"events\": %llu, \"runs\": %u, "
           "\"capacity\": %zu, \"paced_rate\": %.0f, \"paced_events\": %llu, "
           "\"paced_runs\": %u, \"paced_timer_slack_ns\": %lu, "
@@ -1395,6 +1445,8 @@ static int write_json(const opts_t* o, qcase_t* qc, ccase_t* cc, bcase_t* bc,
       json_spread(f, "events_per_s", c->r);
       fputs(", \"runs_events_per_s\": ", f);
       json_runs(f, c->rate, o->runs);
+      fputs(", \"runs_cross_cpu_rtt_ns\": ", f);
+      json_runs(f, c->rtt, o->runs);
       fputs(", \"ns_per_event\": ", f);
       json_num(f, 1e9 / c->r.med);
       fputs(", \"wakeups_per_event\": ", f);
@@ -1636,6 +1688,7 @@ int main(int argc, char** argv) {
       c->rep_p50 = runs_array(o.paced_runs);
       c->rep_p99 = runs_array(o.paced_runs);
       c->rep_steal = runs_array(o.paced_runs);
+      c->rtt = runs_array(o.runs);
       c->peak_mem = -1;
     }
   }
@@ -1703,6 +1756,7 @@ int main(int argc, char** argv) {
     free(qc[i].rep_p50);
     free(qc[i].rep_p99);
     free(qc[i].rep_steal);
+    free(qc[i].rtt);
   }
   for (i = 0; i < o.nchan * CPAT_COUNT; i++)
     free(cc[i].rate);
