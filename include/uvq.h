@@ -819,6 +819,8 @@ typedef struct {
 
 /* Wraps dst and retries failed writes on a uv_timer_t, never blocking the
  * loop. write(ev):
+ *   - dst is closing or closed (its owner closed it): UVQ_ECLOSED (not
+ *     taken; proceed is not asked), also while an earlier event is pending.
  *   - proceed says 0 and dst takes ev: 0.
  *   - dst returns UVQ_EAGAIN or UVQ_ECLOSED: that is returned (not taken);
  *     after UVQ_EAGAIN, dst's readiness is forwarded with

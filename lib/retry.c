@@ -226,6 +226,13 @@ static int uvq__retry_write(uvq_sink_t* sink, uvq_event_t* ev) {
 
   if (r->flags_ & UVQ__R_IN_ATTEMPT)
     return UVQ_EBUSY; /* written to from inside dst's write */
+  /* Closed under us by its owner: nothing can go, so say so now. Asking
+   * proceed first would take ev into a wait that can only end in a drop
+   * (with a strategy that waits before every attempt, or uvq_backoff after
+   * a failure, every later write too), and the upstream would count as
+   * delivered what was dropped. A pending event is dropped by its retry. */
+  if (uvq_sink_is_closed(r->dst_) == 1)
+    return UVQ_ECLOSED;
   if (r->pending_ != NULL) {
     r->flags_ |= UVQ__R_SAID_AGAIN;
     return UVQ_EAGAIN; /* busy with an earlier event */

@@ -1358,6 +1358,54 @@ START_TEST(retry_wrapped_sink_closed_is_terminal) {
 }
 END_TEST
 
+/* The same with a strategy that waits before every attempt (a rate
+ * limiter; uvq_backoff after a failure does the same): once dst is closed,
+ * a write must say so, not take the event into a wait that can only end in
+ * a drop. */
+static unsigned wait_always_calls;
+
+static uint64_t wait_always(void* state, const uvq_event_t* ev) {
+  (void) state;
+  (void) ev;
+  wait_always_calls++;
+  return 1;
+}
+
+START_TEST(retry_closed_dst_refuses_writes_a_waiting_strategy_would_take) {
+  uvq_retry_strategy_t waits = {wait_always, NULL, NULL, NULL};
+  uvq_retry_stats_t st;
+  writer_t w;
+  items_init(4);
+  wait_always_calls = 0;
+  tsink_init(&sinks[0], NULL, 0);
+  ck_assert_int_eq(uvq_retry_init(&loop, &rty, &sinks[0].sink, &waits), 0);
+  writer_start(&w, &rty.sink, 3);
+  ck_assert_uint_eq(w.next, 1); /* event 0 taken into its wait */
+  ck_assert_uint_eq(w.waiting, 1);
+  ck_assert_int_eq(uvq_sink_close(&sinks[0].sink, tsink_close_cb), 0);
+  ck_assert_int_eq(uv_run(&loop, UV_RUN_DEFAULT), 0);
+  ck_assert_uint_eq(items[0].releases, 1);
+  ck_assert_uint_eq(w.next, 3);
+  ck_assert_uint_eq(w.errors, 2); /* events 1 and 2: not taken */
+  ck_assert_int_eq(w.last_error, UVQ_ECLOSED);
+  ck_assert_uint_eq(wait_always_calls, 1); /* never asked for 1 and 2 */
+  ck_assert_uint_eq(sinks[0].got, 0);
+  ck_assert_int_eq(uvq_retry_stats(&rty, &st), 0);
+  ck_assert_uint_eq(st.written, 1);
+  ck_assert_uint_eq(st.dropped, 1);
+  ck_assert_uint_eq(st.attempts, 1);
+  /* And at once, with nothing pending, whoever writes next. */
+  ck_assert_int_eq(uvq_sink_write(&rty.sink, &items[3].ev), UVQ_ECLOSED);
+  ck_assert_uint_eq(items[3].releases, 0); /* not taken: still ours */
+  uvq_event_unref(&items[3].ev);
+  ck_assert_uint_eq(wait_always_calls, 1);
+  ck_assert_int_eq(uvq_sink_close(&rty.sink, count_close), 0);
+  finish_loop();
+  ck_assert_uint_eq(closed_cbs, 1);
+  items_released_once(4);
+}
+END_TEST
+
 /* A retry meets dst's own "again": the held event waits for dst's ready,
  * not for a timer. */
 static int fail_then_again_hook(tsink_t* t, uvq_event_t* ev) {
@@ -1902,6 +1950,8 @@ Suite* sinks_suite(void) {
   tcase_add_test(tr, retry_closed_from_inside_the_wrapped_write);
   tcase_add_test(tr, retry_closed_from_inside_a_retry_drops_the_event_once);
   tcase_add_test(tr, retry_wrapped_sink_closed_is_terminal);
+  tcase_add_test(tr,
+                 retry_closed_dst_refuses_writes_a_waiting_strategy_would_take);
   tcase_add_test(tr, retry_waits_for_dst_ready_during_a_retry);
   tcase_add_test(tr, retry_rejects_bad_input);
   tcase_add_test(tr, backoff_waits_are_bounded_random_and_reset);
