@@ -379,7 +379,7 @@ struct uvq_queue_s {
   int overflow_;
   uv_mutex_t lock_;
   uv_cond_t cond_;
-  /* Producers' line: state = accepted count << 2 | ASLEEP | CLOSED. */
+  /* Producers' line: state = accepted count << 3 | INITED | ASLEEP | CLOSED. */
   UVQ__ALIGNAS(UVQ__CACHELINE) UVQ__ATOMIC(uint64_t) state_;
   UVQ__ATOMIC(uvq_event_t*) tail_;
   UVQ__ATOMIC(uint64_t) room_hint_; /* bounded: a past value of removed_ */
@@ -493,7 +493,8 @@ UVQ_EXTERN int uvq_queue_stop(uvq_queue_t* q, uvq_stop_mode_t mode,
  * keep uv_run alive, even while events are pending (they are delivered when
  * the loop runs again). Loop thread. Returns 0, or UVQ_EINVAL (NULL or
  * never initialised q), UVQ_ETHREAD (another thread), UVQ_ECLOSED (the
- * close already began). */
+ * queue was stopped: from uvq_queue_stop on, the stop's own reference
+ * keeps the loop alive until the close callback, and neither changes it). */
 UVQ_EXTERN int uvq_queue_ref(uvq_queue_t* q);
 UVQ_EXTERN int uvq_queue_unref(uvq_queue_t* q);
 

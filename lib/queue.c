@@ -1346,7 +1346,12 @@ static int uvq__loop_call(uvq_queue_t* q) {
     return UVQ_EINVAL;
   if (q->loop_thread_ != uvq__thread_id())
     return UVQ_ETHREAD;
-  if (UVQ__LOAD(&q->phase_, relaxed) != UVQ__RUNNING)
+  /* Stopped counts as closing: the stop holds its own reference (see
+   * uvq_queue_stop), and an unref after it would let uv_run return before
+   * the pass that closes the queue. A stop from another thread that this
+   * load misses re-references the queue at its pass. */
+  if (UVQ__LOAD(&q->phase_, relaxed) != UVQ__RUNNING ||
+      (UVQ__LOAD(&q->stop_mode_, relaxed) & UVQ__STOP_REQUESTED))
     return UVQ_ECLOSED;
   return 0;
 }

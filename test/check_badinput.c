@@ -394,6 +394,8 @@ CASE(c_ref_thread_body, uvq_queue_ref(&q))
 CASE(c_ref_thread, other(c_ref_thread_body))
 CASE(c_unref_thread_body, uvq_queue_unref(&q))
 CASE(c_unref_thread, other(c_unref_thread_body))
+CASE(c_ref_stopped, uvq_queue_ref(stopped_queue()))
+CASE(c_unref_stopped, uvq_queue_unref(stopped_queue()))
 CASE(c_ref_closed, uvq_queue_ref(closed_queue()))
 CASE(c_unref_closed, uvq_queue_unref(closed_queue()))
 static uvq_queue_stats_t st_tmp;
@@ -680,9 +682,11 @@ static const bad_case_t cases[] = {
       c_stop_closed),
   ERR("uvq_queue_ref", "NULL q", UVQ_EINVAL, c_ref_null),
   ERR("uvq_queue_ref", "from another thread", UVQ_ETHREAD, c_ref_thread),
+  ERR("uvq_queue_ref", "after stop", UVQ_ECLOSED, c_ref_stopped),
   ERR("uvq_queue_ref", "after the close callback", UVQ_ECLOSED, c_ref_closed),
   ERR("uvq_queue_unref", "NULL q", UVQ_EINVAL, c_unref_null),
   ERR("uvq_queue_unref", "from another thread", UVQ_ETHREAD, c_unref_thread),
+  ERR("uvq_queue_unref", "after stop", UVQ_ECLOSED, c_unref_stopped),
   ERR("uvq_queue_unref", "after the close callback", UVQ_ECLOSED,
       c_unref_closed),
   ERR("uvq_queue_stats", "NULL q", UVQ_EINVAL, c_stats_null_q),

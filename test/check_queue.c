@@ -1689,6 +1689,27 @@ START_TEST(queue_stop_closes_an_unreferenced_queue) {
 }
 END_TEST
 
+/* A stop holds its reference to the end: an unref after it (which used
+ * to return 0, and uv_run came back before the close) must not
+ * strand the queue. */
+START_TEST(queue_unref_after_stop_cannot_strand_the_close) {
+  item_t it[2];
+
+  items_init(it, 2, 0);
+  ck_assert_int_eq(uvq_queue_init(&loop, &queue, count_process, NULL), 0);
+  ck_assert_int_eq(uvq_queue_enqueue(&queue, &it[0].ev), 0);
+  ck_assert_int_eq(uvq_queue_enqueue(&queue, &it[1].ev), 0);
+  ck_assert_int_eq(uvq_queue_stop(&queue, UVQ_STOP_DRAIN, count_close), 0);
+  ck_assert_int_eq(uvq_queue_unref(&queue), UVQ_ECLOSED);
+  ck_assert_int_eq(uvq_queue_ref(&queue), UVQ_ECLOSED);
+  ck_assert_int_ne(uv_loop_alive(&loop), 0);
+  ck_assert_int_eq(uv_run(&loop, UV_RUN_DEFAULT), 0);
+  ck_assert_uint_eq(closed, 1);
+  ck_assert_uint_eq(delivered, 2);
+  uvq_test_loop_done(&loop);
+}
+END_TEST
+
 /* -- close and counters ---------------------------------------------------- */
 
 START_TEST(queue_close_callback_runs_once_after_every_event_is_accounted_for) {
@@ -2651,6 +2672,7 @@ Suite* queue_suite(void) {
   /* ref, close, counters */
   tcase_add_test(tc, queue_unreferenced_idle_queue_lets_uv_run_return);
   tcase_add_test(tc, queue_stop_closes_an_unreferenced_queue);
+  tcase_add_test(tc, queue_unref_after_stop_cannot_strand_the_close);
   tcase_add_test(tc,
          queue_close_callback_runs_once_after_every_event_is_accounted_for);
   tcase_add_test(tc,
