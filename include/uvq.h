@@ -473,11 +473,13 @@ UVQ_EXTERN int uvq_queue_enqueue_timeout(uvq_queue_t* q, uvq_event_t* ev,
                                          int64_t timeout_ms);
 
 /* Request a stop. Any thread, also from inside the process callback. From
- * the moment this returns, every enqueue returns UVQ_ECLOSED and producers
- * blocked on a full queue wake with UVQ_ECLOSED. The work happens on the
- * loop thread (the loop must keep running): drain mode delivers every event
- * accepted before the stop, discard mode releases them; then the queue's
- * handles are closed and cb (may be NULL) runs once.
+ * the moment this returns, every enqueue returns UVQ_ECLOSED (but the
+ * loop thread's blocking ones on a bounded UVQ_BLOCK queue: UVQ_EDEADLK in
+ * every state) and producers blocked on a full queue wake with UVQ_ECLOSED.
+ * The work happens on the loop thread (the loop must keep running): drain
+ * mode delivers every event accepted before the stop, discard mode
+ * releases them; then the queue's handles are closed and cb (may be NULL)
+ * runs once.
  * A second call is harmless: it returns 0, may turn a drain stop into a
  * discard stop, and its cb is ignored. A stop references the queue again
  * (uv_ref) so that an unreferenced queue still reaches its close callback:

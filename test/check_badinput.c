@@ -353,6 +353,10 @@ CASE(c_enq_null_ev, uvq_queue_enqueue(&q, NULL))
 CASE(c_enq_stopped, uvq_queue_enqueue(stopped_queue(), &ev))
 CASE(c_enq_closed, uvq_queue_enqueue(closed_queue(), &ev))
 CASE(c_enq_deadlk, uvq_queue_enqueue(&qb, &ev))
+static int c_enq_deadlk_stopped(void) {
+  ck_assert_int_eq(uvq_queue_stop(&qb, UVQ_STOP_DISCARD, NULL), 0);
+  return uvq_queue_enqueue(&qb, &ev);
+}
 static int c_enq_fail_full(void) {
   uvq_queue_options_t o = opts_of(1, UVQ_FAIL, 0);
   int r;
@@ -653,6 +657,8 @@ static const bad_case_t cases[] = {
       c_enq_closed),
   ERR("uvq_queue_enqueue", "loop thread, bounded UVQ_BLOCK", UVQ_EDEADLK,
       c_enq_deadlk),
+  ERR("uvq_queue_enqueue", "loop thread, bounded UVQ_BLOCK, after stop",
+      UVQ_EDEADLK, c_enq_deadlk_stopped),
   ERR("uvq_queue_enqueue", "full UVQ_FAIL queue", UVQ_EFULL, c_enq_fail_full),
   ERR("uvq_queue_try_enqueue", "NULL q", UVQ_EINVAL, c_try_null_q),
   ERR("uvq_queue_try_enqueue", "NULL ev", UVQ_EINVAL, c_try_null_ev),
