@@ -822,7 +822,8 @@ typedef struct {
 
 /* Wraps dst and retries failed writes on a uv_timer_t, never blocking the
  * loop. write(ev):
- *   - dst is closing or closed (its owner closed it): UVQ_ECLOSED (not
+ *   - dst is closing or closed (its owner closed it), or answered
+ *     UVQ_ECLOSED before (final, as for every sink): UVQ_ECLOSED (not
  *     taken; proceed is not asked), also while an earlier event is pending.
  *   - proceed says 0 and dst takes ev: 0.
  *   - dst returns UVQ_EAGAIN or UVQ_ECLOSED: that is returned (not taken);
@@ -835,7 +836,10 @@ typedef struct {
  *     a retry waits for dst's ready). When ev is finally delivered or
  *     dropped it drops its reference and calls uvq_sink_ready(&r->sink).
  * So an upstream queue pauses while a backoff runs, and events keep their
- * order. Close during a backoff stops the timer, releases the pending event
+ * order. A wait never ends before the milliseconds proceed asked for,
+ * counted with uv_hrtime() from when it asked (the sink refreshes the
+ * loop's cached clock, uv_update_time, when it arms its timer). Close
+ * during a backoff stops the timer, releases the pending event
  * (counted in dropped), closes dst (go-events forgets to) and closes the
  * timer; the close callback runs after both closes completed, on a later
  * loop iteration. Later writes return UVQ_ECLOSED.
@@ -850,6 +854,7 @@ struct uvq_retry_s {
   uvq_sink_t* dst_;
   uvq_retry_strategy_t strategy_;
   uvq_event_t* pending_;
+  uint64_t due_ns_; /* uv_hrtime() at which the current wait ends */
   unsigned closes_left_;
   unsigned flags_;
   uvq_retry_stats_t stats_;

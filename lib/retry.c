@@ -36,7 +36,8 @@ enum {
   UVQ__R_IN_ATTEMPT = 1, /* inside dst's write */
   UVQ__R_WAIT_DST = 2,   /* the pending event waits for dst's ready */
   UVQ__R_CLOSING = 4,
-  UVQ__R_SAID_AGAIN = 8 /* the upstream got UVQ_EAGAIN, awaits our ready */
+  UVQ__R_SAID_AGAIN = 8, /* the upstream got UVQ_EAGAIN, awaits our ready */
+  UVQ__R_DST_GONE = 16   /* dst answered UVQ_ECLOSED: never again */
 };
 
 static int uvq__retry_write(uvq_sink_t* sink, uvq_event_t* ev);
@@ -84,21 +85,44 @@ static int uvq__retry_attempt(uvq_retry_t* r, uvq_event_t* ev) {
   r->stats_.attempts++;
   err = uvq_sink_write(r->dst_, ev);
   r->flags_ &= ~UVQ__R_IN_ATTEMPT;
+  if (err == UVQ_ECLOSED)
+    r->flags_ |= UVQ__R_DST_GONE; /* a channel sink's closed channel, say */
   return err;
 }
 
 static void uvq__retry_on_timer(uv_timer_t* timer);
 
-static void uvq__retry_arm(uvq_retry_t* r, uint64_t delay_ms) {
+/* Start the timer for the rest of the wait that ends at r->due_ns_. */
+static void uvq__retry_wait_rest(uvq_retry_t* r, uint64_t now) {
+  uint64_t left = r->due_ns_ - now;
+  uint64_t ms = left / 1000000u + (left % 1000000u != 0); /* rounded up */
   /* Cannot fail: the timer is initialised and not closing (close stops
-   * and closes it before anything could arm it again).
-   * A 0 wait becomes 1 ms: libuv 1.44 (configure's minimum) runs a timer
+   * and closes it before anything could arm it again). */
+  uv_timer_start(&r->timer_, uvq__retry_on_timer, ms, 0);
+}
+
+static void uvq__retry_arm(uvq_retry_t* r, uint64_t delay_ms) {
+  uint64_t now;
+  /* A 0 wait becomes 1 ms: libuv 1.44 (configure's minimum) runs a timer
    * restarted with 0 from its own callback again in the same
    * uv__run_timers() pass, the loop's clock not moving there, so a
    * strategy that never waits would spin in the timer phase forever. */
   if (delay_ms == 0)
     delay_ms = 1;
-  uv_timer_start(&r->timer_, uvq__retry_on_timer, delay_ms, 0);
+  /* The wait is kept on the monotonic clock. libuv counts a timeout from
+   * the loop's cached time, which is as old as this loop iteration: armed
+   * late in a long callback, the timer would fire that much early (as
+   * soon as the next poll does not block), and the breaker's "backoff_ms
+   * since the last failure" would not hold. So refresh the loop's clock,
+   * and remember when the wait really ends: the timer callback starts
+   * again for whatever is left (the loop's clock is whole milliseconds of
+   * a coarse clock). */
+  now = uv_hrtime();
+  r->due_ns_ = delay_ms < (UINT64_MAX - now) / 1000000u
+                   ? now + delay_ms * 1000000u
+                   : UINT64_MAX;
+  uv_update_time(r->timer_.loop);
+  uvq__retry_wait_rest(r, now);
 }
 
 static void uvq__retry_hold(uvq_retry_t* r, uvq_event_t* ev) {
@@ -200,8 +224,15 @@ static void uvq__retry_again(uvq_retry_t* r) {
 
 static void uvq__retry_on_timer(uv_timer_t* timer) {
   uvq_retry_t* r = UVQ__CONTAINER_OF(timer, uvq_retry_t, timer_);
-  if (r->pending_ != NULL && !(r->flags_ & UVQ__R_CLOSING))
-    uvq__retry_again(r);
+  uint64_t now;
+  if (r->pending_ == NULL || (r->flags_ & UVQ__R_CLOSING))
+    return;
+  now = uv_hrtime();
+  if (now < r->due_ns_) {
+    uvq__retry_wait_rest(r, now); /* early by the loop's clock: wait on */
+    return;
+  }
+  uvq__retry_again(r);
 }
 
 static void uvq__retry_on_dst_ready(uvq_sink_t* dst, void* arg) {
@@ -226,12 +257,13 @@ static int uvq__retry_write(uvq_sink_t* sink, uvq_event_t* ev) {
 
   if (r->flags_ & UVQ__R_IN_ATTEMPT)
     return UVQ_EBUSY; /* written to from inside dst's write */
-  /* Closed under us by its owner: nothing can go, so say so now. Asking
-   * proceed first would take ev into a wait that can only end in a drop
-   * (with a strategy that waits before every attempt, or uvq_backoff after
-   * a failure, every later write too), and the upstream would count as
-   * delivered what was dropped. A pending event is dropped by its retry. */
-  if (uvq_sink_is_closed(r->dst_) == 1)
+  /* dst closed (by its owner), or said UVQ_ECLOSED once, which is final:
+   * nothing can go, so say so now. Asking proceed first would take ev into
+   * a wait that can only end in a drop (with a strategy that waits before
+   * every attempt, or uvq_backoff after a failure, every later write too),
+   * and the upstream would count as delivered what was dropped. A pending
+   * event is dropped by its retry. */
+  if ((r->flags_ & UVQ__R_DST_GONE) || uvq_sink_is_closed(r->dst_) == 1)
     return UVQ_ECLOSED;
   if (r->pending_ != NULL) {
     r->flags_ |= UVQ__R_SAID_AGAIN;
@@ -312,6 +344,7 @@ int uvq_retry_init(uv_loop_t* loop, uvq_retry_t* r, uvq_sink_t* dst,
   r->dst_ = dst;
   r->strategy_ = *strategy;
   r->pending_ = NULL;
+  r->due_ns_ = 0;
   r->closes_left_ = 0;
   r->flags_ = 0;
   memset(&r->stats_, 0, sizeof(r->stats_));

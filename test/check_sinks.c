@@ -1406,6 +1406,97 @@ START_TEST(retry_closed_dst_refuses_writes_a_waiting_strategy_would_take) {
 }
 END_TEST
 
+/* UVQ_ECLOSED is final even from a dst nobody closed through uvq (a channel
+ * sink whose channel another thread closed, a sink whose peer went away):
+ * after one, writes are refused at once, whatever the strategy would wait. */
+static int eclosed_hook(tsink_t* t, uvq_event_t* ev) {
+  (void) t;
+  (void) ev;
+  return UVQ_ECLOSED;
+}
+
+START_TEST(retry_remembers_that_dst_said_eclosed) {
+  uvq_retry_strategy_t waits = {wait_always, NULL, NULL, NULL};
+  uvq_retry_stats_t st;
+  writer_t w;
+  items_init(3);
+  wait_always_calls = 0;
+  tsink_init(&sinks[0], eclosed_hook, 0);
+  ck_assert_int_eq(uvq_retry_init(&loop, &rty, &sinks[0].sink, &waits), 0);
+  writer_start(&w, &rty.sink, 3);
+  ck_assert_uint_eq(w.next, 1); /* event 0 taken into its wait */
+  ck_assert_int_eq(uv_run(&loop, UV_RUN_DEFAULT), 0);
+  ck_assert_uint_eq(sinks[0].calls, 1); /* dst was asked once */
+  ck_assert_int_eq(uvq_sink_is_closed(&sinks[0].sink), 0);
+  ck_assert_uint_eq(w.next, 3);
+  ck_assert_uint_eq(w.errors, 2); /* events 1 and 2: not taken */
+  ck_assert_int_eq(w.last_error, UVQ_ECLOSED);
+  ck_assert_uint_eq(wait_always_calls, 1);
+  ck_assert_int_eq(uvq_retry_stats(&rty, &st), 0);
+  ck_assert_uint_eq(st.written, 1);
+  ck_assert_uint_eq(st.dropped, 1);
+  ck_assert_uint_eq(st.attempts, 1);
+  ck_assert_uint_eq(st.failures, 0);
+  ck_assert_int_eq(uvq_sink_close(&rty.sink, count_close), 0);
+  finish_loop();
+  ck_assert_uint_eq(closed_cbs, 1);
+  ck_assert_uint_eq(sinks[0].closes, 1);
+  items_released_once(3);
+}
+END_TEST
+
+/* The breaker's wait is measured from the failure on the monotonic clock,
+ * not from the loop's cached time: a write made late in a long loop
+ * iteration must not have its backoff shortened by that iteration's age.
+ * (A lower bound only: a busy machine can make the retry later, never
+ * earlier.) */
+static uint64_t attempt_ns[2];
+
+static int fail_once_timed_hook(tsink_t* t, uvq_event_t* ev) {
+  (void) ev;
+  if (t->calls <= 2)
+    attempt_ns[t->calls - 1] = uv_hrtime();
+  return t->calls == 1 ? UV_EIO : TS_TAKE;
+}
+
+static writer_t late_writer;
+
+static void write_late(uv_timer_t* timer) {
+  uint64_t until = uv_hrtime() + 40 * 1000000u; /* a long callback */
+  while (uv_hrtime() < until) {
+  }
+  writer_start(&late_writer, &rty.sink, 1);
+  /* Something that keeps the loop from blocking in its next poll (a
+   * closing handle here; I/O or an idle handle do the same): the next
+   * iteration then updates the loop's clock and runs every timer whose
+   * cached-time deadline has passed. */
+  uv_close((uv_handle_t*) timer, NULL);
+}
+
+START_TEST(retry_breaker_waits_its_whole_backoff_after_a_long_callback) {
+  uvq_breaker_t br;
+  uv_timer_t t;
+  items_init(1);
+  attempt_ns[0] = attempt_ns[1] = 0;
+  tsink_init(&sinks[0], fail_once_timed_hook, 0);
+  ck_assert_int_eq(uvq_breaker_init(&br, 1, 30), 0);
+  ck_assert_int_eq(uvq_retry_init(&loop, &rty, &sinks[0].sink, &br.strategy),
+                   0);
+  ck_assert_int_eq(uv_timer_init(&loop, &t), 0);
+  ck_assert_int_eq(uv_timer_start(&t, write_late, 0, 0), 0);
+  ck_assert_int_eq(uv_run(&loop, UV_RUN_DEFAULT), 0);
+  ck_assert_uint_eq(sinks[0].calls, 2);
+  ck_assert_uint_eq(sinks[0].got, 1);
+  ck_assert_msg(attempt_ns[1] - attempt_ns[0] >= 30 * 1000000u,
+                "retried %.3f ms after the failure, backoff 30 ms",
+                (double) (attempt_ns[1] - attempt_ns[0]) / 1e6);
+  ck_assert_int_eq(uvq_sink_close(&rty.sink, count_close), 0);
+  finish_loop();
+  ck_assert_uint_eq(closed_cbs, 1);
+  items_released_once(1);
+}
+END_TEST
+
 /* A retry meets dst's own "again": the held event waits for dst's ready,
  * not for a timer. */
 static int fail_then_again_hook(tsink_t* t, uvq_event_t* ev) {
@@ -1952,6 +2043,9 @@ Suite* sinks_suite(void) {
   tcase_add_test(tr, retry_wrapped_sink_closed_is_terminal);
   tcase_add_test(tr,
                  retry_closed_dst_refuses_writes_a_waiting_strategy_would_take);
+  tcase_add_test(tr, retry_remembers_that_dst_said_eclosed);
+  tcase_add_test(tr,
+                 retry_breaker_waits_its_whole_backoff_after_a_long_callback);
   tcase_add_test(tr, retry_waits_for_dst_ready_during_a_retry);
   tcase_add_test(tr, retry_rejects_bad_input);
   tcase_add_test(tr, backoff_waits_are_bounded_random_and_reset);
