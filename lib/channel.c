@@ -99,6 +99,10 @@ static inline uvq__slot_t* uvq__slot(const uvq_channel_t* ch, uint64_t pos) {
 #ifndef UVQ__CH_AFTER_CLAIM
 # define UVQ__CH_AFTER_CLAIM() ((void) 0)
 #endif
+/* And one in a close, after the closed bit is set (lock_ held). */
+#ifndef UVQ__CH_AFTER_CLOSE_BIT
+# define UVQ__CH_AFTER_CLOSE_BIT() ((void) 0)
+#endif
 
 /* One attempt to send: 0, UVQ_EFULL or UVQ_ECLOSED. Does not wake anybody. */
 static inline int uvq__put(uvq_channel_t* ch, uvq_event_t* ev) {
@@ -534,20 +538,28 @@ fail_mutex:
   return r;
 }
 
-int uvq_channel_close(uvq_channel_t* ch) {
-  uint64_t old;
-
-  if (ch == NULL || ch->slots_ == NULL)
-    return UVQ_EINVAL;
-  old = atomic_fetch_or(&ch->tail_, UVQ__CH_CLOSED);
+/* Set the closed bit and wake everyone; lock_ held. Waiters check the bit
+ * under lock_ before they sleep, so each either saw it or sleeps and gets
+ * the broadcast. The bit is set under the lock too: whoever sees it and
+ * goes on to uvq_channel_destroy (which takes lock_) cannot get there
+ * before the closer has let go of ch. */
+static void uvq__close_locked(uvq_channel_t* ch) {
+  uint64_t old = atomic_fetch_or(&ch->tail_, UVQ__CH_CLOSED);
   if (old & UVQ__CH_CLOSED)
-    return 0;
-  /* Waiters check the bit under lock_ before they sleep, so once we hold it
-   * every one of them either saw the bit or sleeps and gets the broadcast. */
-  uv_mutex_lock(&ch->lock_);
+    return;
+  UVQ__CH_AFTER_CLOSE_BIT();
   uv_cond_broadcast(&ch->send_cond_);
   uv_cond_broadcast(&ch->recv_cond_);
   uvq__notify_sink(ch); /* its upstream retries and learns UVQ_ECLOSED */
+}
+
+int uvq_channel_close(uvq_channel_t* ch) {
+  if (ch == NULL || ch->slots_ == NULL)
+    return UVQ_EINVAL;
+  if (atomic_load(&ch->tail_) & UVQ__CH_CLOSED)
+    return 0;
+  uv_mutex_lock(&ch->lock_);
+  uvq__close_locked(ch);
   uv_mutex_unlock(&ch->lock_);
   return 0;
 }
@@ -626,14 +638,17 @@ static void uvq__cs_close(uvq_sink_t* sink) {
   uvq_channel_sink_t* cs = (uvq_channel_sink_t*) sink;
   uvq_channel_t* ch = cs->ch_;
 
-  /* After this no receiver can reach our async handle. */
+  /* After this no receiver can reach our async handle, and we never touch
+   * ch again: the detach and the close are one critical section, so a
+   * receiver that sees the channel closed and destroys it (destroy takes
+   * lock_ and refuses while a sink is attached) waits for our unlock. */
   uv_mutex_lock(&ch->lock_);
   ch->sink_ = NULL;
   UVQ__STORE(&ch->has_sink_, 0, release);
   atomic_fetch_and(&ch->send_waiters_, ~UVQ__CH_SINK_WANTS);
-  uv_mutex_unlock(&ch->lock_);
   if (!(cs->flags_ & UVQ_CHANNEL_SINK_KEEP_OPEN))
-    uvq_channel_close(ch);
+    uvq__close_locked(ch);
+  uv_mutex_unlock(&ch->lock_);
   cs->ch_ = NULL;
   if (cs->flags_ & UVQ__CS_SAID_AGAIN) {
     /* The receivers' wakeup can no longer reach us (detached above), so

@@ -18,6 +18,8 @@
 
 static void race_after_claim(void);
 #define UVQ__CH_AFTER_CLAIM() race_after_claim()
+static void race_after_close_bit(void);
+#define UVQ__CH_AFTER_CLOSE_BIT() race_after_close_bit()
 
 #include "../lib/channel.c"
 
@@ -115,12 +117,66 @@ START_TEST(channel_close_with_a_send_in_flight_ends_every_blocked_receiver) {
 }
 END_TEST
 
+/* A receiver that finds the channel closed may destroy it at once. When
+ * the channel sink's close is what closes the channel, it must be done with
+ * ch by then: here the closer stops just after setting the closed bit
+ * while a worker sees the close and calls destroy; destroy must not return
+ * before the closer lets go (it used to: the sink detached first, set the
+ * bit, and only then took lock_ to wake the sleepers, so destroy could
+ * free the lock it was about to take). */
+static int close_bit_pause;
+static atomic_int destroyer_done;
+static int destroyer_recv, destroyer_destroy;
+static int done_during_close = -1;
+
+static void destroyer_main(void* arg) {
+  uvq_event_t* got = NULL;
+  (void) arg;
+  do
+    destroyer_recv = race_channel_try_recv(&rch, &got);
+  while (destroyer_recv == UVQ_EAGAIN);
+  destroyer_destroy = race_channel_destroy(&rch);
+  atomic_store(&destroyer_done, 1);
+}
+
+static uv_thread_t destroyer;
+
+static void race_after_close_bit(void) {
+  if (!close_bit_pause)
+    return;
+  close_bit_pause = 0;
+  ck_assert_int_eq(uv_thread_create(&destroyer, destroyer_main, NULL), 0);
+  uv_sleep(50); /* long enough for the worker to see the bit and go on */
+  done_during_close = atomic_load(&destroyer_done);
+}
+
+START_TEST(channel_sink_close_is_done_with_ch_before_destroy_can_return) {
+  uv_loop_t loop;
+  uvq_channel_sink_t cs;
+
+  ck_assert_int_eq(uv_loop_init(&loop), 0);
+  ck_assert_int_eq(race_channel_init(&rch, 4), 0);
+  ck_assert_int_eq(race_channel_sink_init(&loop, &cs, &rch, 0), 0);
+  atomic_store(&destroyer_done, 0);
+  close_bit_pause = 1;
+  ck_assert_int_eq(uvq_sink_close(&cs.sink, NULL), 0);
+  ck_assert_int_eq(done_during_close, 0);
+  ck_assert_int_eq(uv_thread_join(&destroyer), 0);
+  ck_assert_int_eq(destroyer_recv, UVQ_ECLOSED);
+  ck_assert_int_eq(destroyer_destroy, 0);
+  ck_assert_int_eq(uv_run(&loop, UV_RUN_DEFAULT), 0);
+  ck_assert_int_eq(uv_loop_close(&loop), 0);
+}
+END_TEST
+
 Suite* channel_race_suite(void) {
   Suite* s = suite_create("channel_race");
   TCase* tc = tcase_create("channel_race");
   tcase_set_timeout(tc, 60);
   tcase_add_test(
       tc, channel_close_with_a_send_in_flight_ends_every_blocked_receiver);
+  tcase_add_test(
+      tc, channel_sink_close_is_done_with_ch_before_destroy_can_return);
   suite_add_tcase(s, tc);
   return s;
 }
