@@ -773,7 +773,8 @@ static void do_stats(void) {
 
 static void do_ref(int ref) {
   int rc = ref ? uvq_queue_ref(&m.q) : uvq_queue_unref(&m.q);
-  CHECK(rc == (m.closed ? UVQ_ECLOSED : 0));
+  /* Stopped counts as closing: the stop's reference stays to the end. */
+  CHECK(rc == (m.closed || m.stopped ? UVQ_ECLOSED : 0));
   if (rc == 0)
     m.refd = ref;
 }
