@@ -655,8 +655,12 @@ static void on_process(uvq_queue_t* q, uvq_event_t* ev) {
     do_stop(1);
     break;
   case CB_UNREF:
-    CHECK(uvq_queue_unref(q) == 0);
-    m.refd = 0;
+    if (m.stopped) { /* a drain stop's delivery: the stop keeps its ref */
+      CHECK(uvq_queue_unref(q) == UVQ_ECLOSED);
+    } else {
+      CHECK(uvq_queue_unref(q) == 0);
+      m.refd = 0;
+    }
     break;
   case CB_FACE_WRITE: /* twice: the second may hear "again" */
     face_write(writer_event());
