@@ -172,7 +172,9 @@ struct uvq_sink_vtable_s {
   /* Required. See "Flow control" above. Never called after close began. */
   int (*write)(uvq_sink_t* sink, uvq_event_t* ev);
   /* Optional. Start closing; call uvq_sink_closed(sink) when done (it may be
-   * called from inside close). NULL: the sink closes at once. */
+   * called from inside close). NULL: the sink closes at once, and its
+   * upstream (if any) is sent one ready first, so that a writer waiting
+   * after UVQ_EAGAIN retries and learns UVQ_ECLOSED. */
   void (*close)(uvq_sink_t* sink);
 };
 

@@ -38,10 +38,17 @@ int uvq_sink_close(uvq_sink_t* sink, uvq_sink_close_cb cb) {
     return 0;
   sink->state_ = UVQ__SINK_CLOSING;
   sink->close_cb_ = cb;
-  if (sink->vt_->close != NULL)
+  if (sink->vt_->close != NULL) {
     sink->vt_->close(sink); /* calls uvq_sink_closed(), now or later */
-  else
+  } else {
+    /* What a close operation must do (sinks.md, "Closing"), done for a
+     * sink that has none: an upstream still waiting after its UVQ_EAGAIN
+     * retries now and learns UVQ_ECLOSED instead of waiting forever (a
+     * ready nobody waits for is harmless). Before the close callback,
+     * which may free the sink. */
+    uvq_sink_ready(sink);
     uvq_sink_closed(sink);
+  }
   return 0;
 }
 

@@ -595,6 +595,51 @@ START_TEST(broadcast_again_takes_event_once_and_resumes_when_ready) {
 }
 END_TEST
 
+/* A sink without a close operation that said "again" is closed by its
+ * owner: it has nowhere to send the ready its upstream waits for, so the
+ * base sends it, and the broadcaster learns UVQ_ECLOSED instead of holding
+ * the event forever. */
+static int again_first_write(uvq_sink_t* sink, uvq_event_t* ev) {
+  unsigned* calls = sink->data;
+  (void) ev;
+  return (*calls)++ == 0 ? UVQ_EAGAIN : 0;
+}
+
+static const uvq_sink_vtable_t no_close_vt = {again_first_write, NULL};
+
+START_TEST(broadcast_sink_without_close_op_ends_the_wait_when_closed) {
+  uvq_broadcast_stats_t st;
+  uvq_sink_t bare;
+  unsigned bare_calls = 0;
+  writer_t w;
+
+  items_init(2);
+  ck_assert_int_eq(uvq_broadcast_init(&bc), 0);
+  ck_assert_int_eq(uvq_sink_init(&bare, &no_close_vt), 0);
+  bare.data = &bare_calls;
+  tsink_init(&sinks[0], NULL, 0);
+  ck_assert_int_eq(uvq_broadcast_add(&bc, &bare), 0);
+  ck_assert_int_eq(uvq_broadcast_add(&bc, &sinks[0].sink), 0);
+  writer_start(&w, &bc.sink, 2);
+  ck_assert_uint_eq(w.next, 1); /* event 0 waits for bare */
+  ck_assert_uint_eq(uvq_event_refs(&items[0].ev), 1);
+  ck_assert_int_eq(uvq_sink_close(&bare, NULL), 0); /* by its owner */
+  ck_assert_uint_eq(bare_calls, 1); /* never written again: closed */
+  ck_assert_uint_eq(items[0].releases, 1);
+  ck_assert_uint_eq(w.next, 2); /* the writer was told ready, wrote 1 */
+  ck_assert_uint_eq(w.errors, 0);
+  ck_assert_uint_eq(sinks[0].got, 2);
+  ck_assert_int_eq(uvq_broadcast_stats(&bc, &st), 0);
+  ck_assert_uint_eq(st.removed, 1);  /* it said UVQ_ECLOSED: removed, */
+  ck_assert_uint_eq(st.abandoned, 0); /* as a closed sink always is */
+  ck_assert_uint_eq(st.sinks, 1);
+  ck_assert_int_eq(uvq_sink_close(&bc.sink, count_close), 0);
+  items_released_once(2);
+  finish_loop();
+  ck_assert_uint_eq(closed_cbs, 1);
+}
+END_TEST
+
 START_TEST(broadcast_close_while_waiting_releases_the_event_once) {
   uvq_broadcast_stats_t st;
   writer_t w;
@@ -2011,6 +2056,8 @@ Suite* sinks_suite(void) {
                  broadcast_failures_stay_with_one_sink_and_closed_sinks_leave);
   tcase_add_test(tb, broadcast_again_takes_event_once_and_resumes_when_ready);
   tcase_add_test(tb, broadcast_close_while_waiting_releases_the_event_once);
+  tcase_add_test(tb,
+                 broadcast_sink_without_close_op_ends_the_wait_when_closed);
   tcase_add_test(tb, broadcast_rejects_bad_input);
   tcase_add_test(tb, broadcast_add_reports_enomem_and_changes_nothing);
   tcase_add_test(tb, broadcast_ready_during_fanout_is_not_lost);
