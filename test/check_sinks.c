@@ -1416,19 +1416,33 @@ static uint64_t wait_always(void* state, const uvq_event_t* ev) {
   return 1;
 }
 
-START_TEST(retry_closed_dst_refuses_writes_a_waiting_strategy_would_take) {
+/* UVQ_ECLOSED is final even from a dst nobody closed through uvq (a channel
+ * sink whose channel another thread closed, a sink whose peer went away):
+ * after one, writes are refused at once, whatever the strategy would wait. */
+static int eclosed_hook(tsink_t* t, uvq_event_t* ev) {
+  (void) t;
+  (void) ev;
+  return UVQ_ECLOSED;
+}
+
+/* Event 0 is taken into its wait; then dst is gone: closed by its owner, or
+ * (hook) answering UVQ_ECLOSED to the retry. Every later write is refused. */
+static void retry_refuses_once_dst_is_gone(tsink_hook hook, int owner_closes) {
   uvq_retry_strategy_t waits = {wait_always, NULL, NULL, NULL};
   uvq_retry_stats_t st;
   writer_t w;
   items_init(4);
   wait_always_calls = 0;
-  tsink_init(&sinks[0], NULL, 0);
+  tsink_init(&sinks[0], hook, 0);
   ck_assert_int_eq(uvq_retry_init(&loop, &rty, &sinks[0].sink, &waits), 0);
   writer_start(&w, &rty.sink, 3);
   ck_assert_uint_eq(w.next, 1); /* event 0 taken into its wait */
   ck_assert_uint_eq(w.waiting, 1);
-  ck_assert_int_eq(uvq_sink_close(&sinks[0].sink, tsink_close_cb), 0);
+  if (owner_closes)
+    ck_assert_int_eq(uvq_sink_close(&sinks[0].sink, tsink_close_cb), 0);
   ck_assert_int_eq(uv_run(&loop, UV_RUN_DEFAULT), 0);
+  ck_assert_int_eq(uvq_sink_is_closed(&sinks[0].sink), owner_closes);
+  ck_assert_uint_eq(sinks[0].calls, owner_closes ? 0 : 1); /* asked once */
   ck_assert_uint_eq(items[0].releases, 1);
   ck_assert_uint_eq(w.next, 3);
   ck_assert_uint_eq(w.errors, 2); /* events 1 and 2: not taken */
@@ -1439,6 +1453,7 @@ START_TEST(retry_closed_dst_refuses_writes_a_waiting_strategy_would_take) {
   ck_assert_uint_eq(st.written, 1);
   ck_assert_uint_eq(st.dropped, 1);
   ck_assert_uint_eq(st.attempts, 1);
+  ck_assert_uint_eq(st.failures, 0);
   /* And at once, with nothing pending, whoever writes next. */
   ck_assert_int_eq(uvq_sink_write(&rty.sink, &items[3].ev), UVQ_ECLOSED);
   ck_assert_uint_eq(items[3].releases, 0); /* not taken: still ours */
@@ -1447,46 +1462,17 @@ START_TEST(retry_closed_dst_refuses_writes_a_waiting_strategy_would_take) {
   ck_assert_int_eq(uvq_sink_close(&rty.sink, count_close), 0);
   finish_loop();
   ck_assert_uint_eq(closed_cbs, 1);
+  ck_assert_uint_eq(sinks[0].closes, 1);
   items_released_once(4);
+}
+
+START_TEST(retry_closed_dst_refuses_writes_a_waiting_strategy_would_take) {
+  retry_refuses_once_dst_is_gone(NULL, 1);
 }
 END_TEST
 
-/* UVQ_ECLOSED is final even from a dst nobody closed through uvq (a channel
- * sink whose channel another thread closed, a sink whose peer went away):
- * after one, writes are refused at once, whatever the strategy would wait. */
-static int eclosed_hook(tsink_t* t, uvq_event_t* ev) {
-  (void) t;
-  (void) ev;
-  return UVQ_ECLOSED;
-}
-
 START_TEST(retry_remembers_that_dst_said_eclosed) {
-  uvq_retry_strategy_t waits = {wait_always, NULL, NULL, NULL};
-  uvq_retry_stats_t st;
-  writer_t w;
-  items_init(3);
-  wait_always_calls = 0;
-  tsink_init(&sinks[0], eclosed_hook, 0);
-  ck_assert_int_eq(uvq_retry_init(&loop, &rty, &sinks[0].sink, &waits), 0);
-  writer_start(&w, &rty.sink, 3);
-  ck_assert_uint_eq(w.next, 1); /* event 0 taken into its wait */
-  ck_assert_int_eq(uv_run(&loop, UV_RUN_DEFAULT), 0);
-  ck_assert_uint_eq(sinks[0].calls, 1); /* dst was asked once */
-  ck_assert_int_eq(uvq_sink_is_closed(&sinks[0].sink), 0);
-  ck_assert_uint_eq(w.next, 3);
-  ck_assert_uint_eq(w.errors, 2); /* events 1 and 2: not taken */
-  ck_assert_int_eq(w.last_error, UVQ_ECLOSED);
-  ck_assert_uint_eq(wait_always_calls, 1);
-  ck_assert_int_eq(uvq_retry_stats(&rty, &st), 0);
-  ck_assert_uint_eq(st.written, 1);
-  ck_assert_uint_eq(st.dropped, 1);
-  ck_assert_uint_eq(st.attempts, 1);
-  ck_assert_uint_eq(st.failures, 0);
-  ck_assert_int_eq(uvq_sink_close(&rty.sink, count_close), 0);
-  finish_loop();
-  ck_assert_uint_eq(closed_cbs, 1);
-  ck_assert_uint_eq(sinks[0].closes, 1);
-  items_released_once(3);
+  retry_refuses_once_dst_is_gone(eclosed_hook, 0);
 }
 END_TEST
 
